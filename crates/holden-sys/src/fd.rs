@@ -1,0 +1,68 @@
+//! Descriptor hygiene, resource limits and process ids.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use crate::cvt;
+
+/// Marks every descriptor from `first` up close-on-exec: `close_range(first, ~0,
+/// CLOSE_RANGE_CLOEXEC)` (Linux 5.11), else `fcntl(F_SETFD)` on each entry of `/proc/self/fd`.
+///
+/// Used at start-up so that whatever a launcher leaked into this process cannot reach children.
+/// Man page: <https://man7.org/linux/man-pages/man2/close_range.2.html>.
+pub fn set_cloexec_from(first: u32) -> io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: u32 = 1 << 2;
+    // SAFETY: marks descriptors close-on-exec; closes nothing.
+    if unsafe { libc::syscall(libc::SYS_close_range, first, u32::MAX, CLOSE_RANGE_CLOEXEC) } == 0 {
+        return Ok(());
+    }
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd: &i32| fd >= first as i32)
+        .collect();
+    for fd in fds {
+        // SAFETY: sets a flag on a descriptor number; a closed one answers EBADF, ignored.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
+    Ok(())
+}
+
+/// Sets or clears `O_NONBLOCK`: `fcntl(F_SETFL)`.
+pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    // SAFETY: F_GETFL/F_SETFL only change status flags of a descriptor we borrow.
+    unsafe {
+        let flags = cvt(libc::fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+        let new = if on { flags | libc::O_NONBLOCK } else { flags & !libc::O_NONBLOCK };
+        cvt(libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, new))?;
+    }
+    Ok(())
+}
+
+/// Reads a resource limit: `getrlimit(2)`. Returns `(soft, hard)`, `u64::MAX` for infinity.
+pub fn getrlimit(resource: u32) -> io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `lim` is a valid out-pointer.
+    cvt(unsafe { libc::getrlimit(resource as _, &mut lim) })?;
+    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+}
+
+/// Sets a resource limit of this process: `setrlimit(2)`.
+/// Man page: <https://man7.org/linux/man-pages/man2/getrlimit.2.html>.
+pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
+    let lim = libc::rlimit { rlim_cur: soft as libc::rlim_t, rlim_max: hard as libc::rlim_t };
+    // SAFETY: `lim` is a valid in-pointer.
+    cvt(unsafe { libc::setrlimit(resource as _, &lim) })?;
+    Ok(())
+}
+
+/// The real uid of this process: `getuid(2)`.
+pub fn getuid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+/// The effective uid of this process: `geteuid(2)`.
+pub fn geteuid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}

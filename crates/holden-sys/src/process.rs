@@ -1,0 +1,550 @@
+//! Processes and pidfds: race-free spawn, signalling, waiting, exit information, feature probes.
+
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::{cvt, cvt_long};
+
+/// How a process ended, as `waitid(2)` or `PIDFD_INFO_EXIT` report it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It called `exit(code)`; the code is 0..=255.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether it dumped core.
+        core_dumped: bool,
+    },
+}
+
+impl Exit {
+    /// Decodes a `wait(2)`-style status word (as in `PIDFD_INFO_EXIT`'s `exit_code`).
+    pub fn from_wait_status(status: i32) -> Exit {
+        if libc::WIFEXITED(status) {
+            Exit::Exited(libc::WEXITSTATUS(status))
+        } else {
+            Exit::Signaled {
+                signal: libc::WTERMSIG(status),
+                core_dumped: libc::WCOREDUMP(status),
+            }
+        }
+    }
+
+    fn from_siginfo(info: &libc::siginfo_t) -> Exit {
+        // SAFETY: the kernel filled `info` for a child state change (si_signo == SIGCHLD), for
+        // which si_status is the valid union member.
+        let status = unsafe { info.si_status() };
+        match info.si_code {
+            libc::CLD_EXITED => Exit::Exited(status),
+            libc::CLD_DUMPED => Exit::Signaled {
+                signal: status,
+                core_dumped: true,
+            },
+            _ => Exit::Signaled {
+                signal: status,
+                core_dumped: false,
+            },
+        }
+    }
+}
+
+/// The stage of child set-up at which a spawn failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Putting the requested descriptors on 0, 1 and 2.
+    Stdio,
+    /// `setsid(2)`.
+    Setsid,
+    /// `setrlimit(2)`.
+    Rlimit,
+    /// `chdir(2)` to the requested directory.
+    Cwd,
+    /// `execve(2)` of every candidate path.
+    Exec,
+}
+
+impl Stage {
+    /// A short lower-case name, as used in error messages and on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Stdio => "stdio",
+            Stage::Setsid => "setsid",
+            Stage::Rlimit => "rlimit",
+            Stage::Cwd => "cwd",
+            Stage::Exec => "exec",
+        }
+    }
+}
+
+/// Why [`spawn`] failed.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// `clone(2)` itself failed (for example EAGAIN at the process limit); no child exists.
+    Clone(io::Error),
+    /// The child failed before or at `execve(2)`; it has already been reaped.
+    Child {
+        /// Where it failed.
+        stage: Stage,
+        /// The errno of the failing call.
+        errno: i32,
+    },
+}
+
+/// A resource limit to set in the child, as `setrlimit(2)` takes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// The `RLIMIT_*` resource number (see [`rlimit_resource`]).
+    pub resource: u32,
+    /// The soft limit; `u64::MAX` is infinity.
+    pub soft: u64,
+    /// The hard limit; `u64::MAX` is infinity.
+    pub hard: u64,
+}
+
+/// Maps a resource name such as `"nofile"` to its `RLIMIT_*` number.
+pub fn rlimit_resource(name: &str) -> Option<u32> {
+    let r = match name {
+        "as" => libc::RLIMIT_AS,
+        "core" => libc::RLIMIT_CORE,
+        "cpu" => libc::RLIMIT_CPU,
+        "data" => libc::RLIMIT_DATA,
+        "fsize" => libc::RLIMIT_FSIZE,
+        "locks" => libc::RLIMIT_LOCKS,
+        "memlock" => libc::RLIMIT_MEMLOCK,
+        "msgqueue" => libc::RLIMIT_MSGQUEUE,
+        "nice" => libc::RLIMIT_NICE,
+        "nofile" => libc::RLIMIT_NOFILE,
+        "nproc" => libc::RLIMIT_NPROC,
+        "rss" => libc::RLIMIT_RSS,
+        "rtprio" => libc::RLIMIT_RTPRIO,
+        "rttime" => libc::RLIMIT_RTTIME,
+        "sigpending" => libc::RLIMIT_SIGPENDING,
+        "stack" => libc::RLIMIT_STACK,
+        _ => return None,
+    };
+    Some(r as u32)
+}
+
+/// Everything the child needs, prepared by the parent so that the child allocates nothing.
+pub struct SpawnSpec<'a> {
+    /// Paths to `execve` in order (PATH lookup already done by the caller, like `execvp`).
+    pub candidates: &'a [CString],
+    /// The argument vector, `argv[0]` first.
+    pub argv: &'a [CString],
+    /// The whole environment, `KEY=VALUE` strings.
+    pub envp: &'a [CString],
+    /// Directory to change to, if any.
+    pub cwd: Option<&'a CStr>,
+    /// Descriptors to place on 0, 1 and 2; `None` keeps the parent's.
+    pub stdio: [Option<BorrowedFd<'a>>; 3],
+    /// Start a new session (`setsid(2)`).
+    pub setsid: bool,
+    /// File-mode creation mask, if it should be changed.
+    pub umask: Option<u32>,
+    /// Resource limits to set.
+    pub rlimits: &'a [Rlimit],
+}
+
+/// A process started by [`spawn`].
+#[derive(Debug)]
+pub struct Spawned {
+    /// The pidfd, taken atomically at creation (close-on-exec).
+    pub pidfd: OwnedFd,
+    /// The pid in the caller's pid namespace.
+    pub pid: i32,
+}
+
+/// Shared between parent and child (the child runs in the parent's memory until it execs).
+struct ChildCtx<'a> {
+    spec: &'a SpawnSpec<'a>,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    failed_stage: Stage,
+    errno: i32,
+    failed: bool,
+}
+
+const CHILD_STACK_SIZE: usize = 64 * 1024;
+
+/// Starts a process and returns a pidfd for it, with no window in which it could be reaped or its
+/// pid reused: `clone(2)` with `CLONE_PIDFD | CLONE_VM | CLONE_VFORK`.
+///
+/// This is what `posix_spawn(3)` does, plus the pidfd. The parent is suspended until the child
+/// has called `execve` or exited, so an exec failure is reported here, synchronously, with its
+/// errno, and the failed child is reaped before this returns. The child gets an empty signal
+/// mask, every signal at its default disposition, and no descriptor but 0, 1 and 2
+/// (`close_range(2)`; on kernels before 5.9 descriptors marked close-on-exec are closed by exec).
+/// It uses the legacy `clone` system call, which container seccomp profiles allow where they
+/// refuse `clone3` with ENOSYS.
+///
+/// Man pages: <https://man7.org/linux/man-pages/man2/clone.2.html>,
+/// <https://man7.org/linux/man-pages/man3/posix_spawn.3.html>.
+pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+    let argv: Vec<*const libc::c_char> = spec
+        .argv
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let envp: Vec<*const libc::c_char> = spec
+        .envp
+        .iter()
+        .map(|a| a.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect();
+    let mut ctx = ChildCtx {
+        spec,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        failed_stage: Stage::Exec,
+        errno: 0,
+        failed: false,
+    };
+    let mut stack = vec![0u8; CHILD_STACK_SIZE];
+    // The stack grows down on every architecture Linux/Rust supports here; align the top to 16.
+    let top = (stack.as_mut_ptr() as usize + CHILD_STACK_SIZE) & !15;
+    let mut pidfd: libc::c_int = -1;
+
+    // Block every signal so that no handler of the parent can run on the child's stack while it
+    // shares our memory; the child resets dispositions before unblocking.
+    let mut all: libc::sigset_t = empty_sigset();
+    let mut old: libc::sigset_t = empty_sigset();
+    // SAFETY: `all` and `old` are valid sigset_t values owned by this frame.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: `child_main` only makes async-signal-safe system calls and writes into `ctx`; the
+    // stack is a live 64 KiB buffer that outlives the child's use of it (CLONE_VFORK suspends us
+    // until the child has exec'd or exited); `pidfd` is where CLONE_PIDFD stores the descriptor
+    // (the parent_tid argument of clone(2)).
+    let pid = unsafe {
+        libc::clone(
+            child_main,
+            top as *mut libc::c_void,
+            flags,
+            &mut ctx as *mut ChildCtx as *mut libc::c_void,
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    let clone_err = io::Error::last_os_error();
+    // SAFETY: restores the mask saved above.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+    }
+    drop(stack);
+    if pid == -1 {
+        return Err(SpawnError::Clone(clone_err));
+    }
+    // SAFETY: clone succeeded with CLONE_PIDFD, so `pidfd` is a new descriptor that we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    if ctx.failed {
+        // The child has exited with 127; reap it so that nothing is left behind.
+        let _ = wait_pidfd(pidfd.as_fd(), false);
+        return Err(SpawnError::Child {
+            stage: ctx.failed_stage,
+            errno: ctx.errno,
+        });
+    }
+    Ok(Spawned { pidfd, pid })
+}
+
+fn empty_sigset() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    unsafe {
+        let mut s: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut s);
+        s
+    }
+}
+
+fn errno() -> i32 {
+    io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+/// The child side of [`spawn`]. Runs on its own stack in the parent's memory: it must not
+/// allocate, lock, or return.
+extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` is the `ChildCtx` that `spawn` passed, alive while the parent is suspended.
+    let ctx = unsafe { &mut *(arg as *mut ChildCtx) };
+    let fail = |ctx: &mut ChildCtx, stage: Stage, errno: i32| -> ! {
+        ctx.failed_stage = stage;
+        ctx.errno = errno;
+        ctx.failed = true;
+        // SAFETY: _exit never returns and is async-signal-safe.
+        unsafe { libc::_exit(127) }
+    };
+    let spec = ctx.spec;
+    // SAFETY (whole block): each call below is a thin, async-signal-safe system-call wrapper on
+    // arguments prepared by the parent; none allocates.
+    unsafe {
+        // Default disposition for every signal; SIGKILL/SIGSTOP and glibc's internal signals
+        // answer EINVAL, which is fine.
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        for sig in 1..=64 {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        // Stdio: first lift any source that sits on 0..2 out of the way, then dup2 into place.
+        let mut src: [RawFd; 3] = [-1; 3];
+        for (i, fd) in spec.stdio.iter().enumerate() {
+            if let Some(fd) = fd {
+                let mut raw = fd.as_raw_fd();
+                if raw < 3 {
+                    raw = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 3);
+                    if raw < 0 {
+                        fail(ctx, Stage::Stdio, errno());
+                    }
+                }
+                src[i] = raw;
+            }
+        }
+        for (target, &raw) in src.iter().enumerate() {
+            if raw >= 0 && libc::dup2(raw, target as RawFd) < 0 {
+                fail(ctx, Stage::Stdio, errno());
+            }
+        }
+        // Nothing but 0, 1, 2 crosses exec. ENOSYS (before 5.9): close-on-exec does it.
+        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        if spec.setsid && libc::setsid() < 0 {
+            fail(ctx, Stage::Setsid, errno());
+        }
+        if let Some(mask) = spec.umask {
+            libc::umask(mask as libc::mode_t);
+        }
+        for r in spec.rlimits {
+            let lim = libc::rlimit {
+                rlim_cur: r.soft as libc::rlim_t,
+                rlim_max: r.hard as libc::rlim_t,
+            };
+            if libc::setrlimit(r.resource as _, &lim) < 0 {
+                fail(ctx, Stage::Rlimit, errno());
+            }
+        }
+        if let Some(cwd) = spec.cwd {
+            if libc::chdir(cwd.as_ptr()) < 0 {
+                fail(ctx, Stage::Cwd, errno());
+            }
+        }
+        let empty = empty_sigset();
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+        // execvp semantics: try each candidate; remember EACCES; stop on other errors.
+        let mut err = libc::ENOENT;
+        let mut saw_eacces = false;
+        for path in spec.candidates {
+            libc::execve(path.as_ptr(), ctx.argv, ctx.envp);
+            err = errno();
+            match err {
+                libc::EACCES => saw_eacces = true,
+                libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+                _ => break,
+            }
+        }
+        if saw_eacces && err != libc::EACCES && matches!(err, libc::ENOENT | libc::ENOTDIR) {
+            err = libc::EACCES;
+        }
+        fail(ctx, Stage::Exec, err)
+    }
+}
+
+/// Waits for the child behind `pidfd` to exit and reaps it: `waitid(P_PIDFD, fd, WEXITED)`.
+///
+/// With `nohang`, returns `Ok(None)` if it is still running. Fails with ECHILD if the caller is
+/// not its parent or it was already reaped.
+/// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
+pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit>> {
+    const P_PIDFD: libc::idtype_t = 3;
+    // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
+    loop {
+        // SAFETY: `info` is a valid out-pointer; the fd is borrowed for the call.
+        let r = unsafe { libc::waitid(P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
+        match cvt(r) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: after a successful waitid, si_pid is valid; 0 means nothing was ready (WNOHANG).
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Exit::from_siginfo(&info)))
+}
+
+/// Reaps any one exited child without blocking: `waitid(P_ALL, 0, WEXITED | WNOHANG)`.
+///
+/// Returns `Ok(None)` when no child has exited (or there are no children at all).
+/// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
+pub fn reap_any() -> io::Result<Option<(i32, Exit)>> {
+    // SAFETY: as in `wait_pidfd`.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a valid out-pointer.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG) };
+        match cvt(r) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: as in `wait_pidfd`.
+    let pid = unsafe { info.si_pid() };
+    if pid == 0 {
+        return Ok(None);
+    }
+    Ok(Some((pid, Exit::from_siginfo(&info))))
+}
+
+/// Opens a pidfd for `pid`: `pidfd_open(2)` (Linux 5.3). The descriptor is close-on-exec.
+/// Man page: <https://man7.org/linux/man-pages/man2/pidfd_open.2.html>.
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain system call with integer arguments.
+    let fd = cvt_long(unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0u32) })?;
+    // SAFETY: pidfd_open returned a new descriptor that nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Sends `signal` to the process behind `pidfd`: `pidfd_send_signal(2)` (Linux 5.1).
+/// Man page: <https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html>.
+pub fn pidfd_send_signal(pidfd: impl AsFd, signal: i32) -> io::Result<()> {
+    let fd = pidfd.as_fd().as_raw_fd();
+    // SAFETY: plain system call; a null siginfo means "as if by kill(2)".
+    cvt_long(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    })?;
+    Ok(())
+}
+
+/// `struct pidfd_info` of `<linux/pidfd.h>`, in its 64-byte first version, where Linux 6.15 put
+/// `exit_code` in the last word.
+#[repr(C)]
+#[derive(Default)]
+struct PidfdInfo {
+    mask: u64,
+    cgroupid: u64,
+    pid: u32,
+    tgid: u32,
+    ppid: u32,
+    ruid: u32,
+    rgid: u32,
+    euid: u32,
+    egid: u32,
+    suid: u32,
+    sgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+    exit_code: i32,
+}
+
+const PIDFD_INFO_EXIT: u64 = 1 << 3;
+/// `_IOWR(0xFF, 11, struct pidfd_info)` with the 64-byte size.
+const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
+
+/// Asks the kernel how the process behind `pidfd` exited: `ioctl(PIDFD_GET_INFO)` with
+/// `PIDFD_INFO_EXIT` (Linux 6.15).
+///
+/// Works for any holder of the pidfd, not only the parent, once the process has been reaped.
+/// Returns `Ok(None)` while the exit is not (yet) recorded; fails with ENOTTY or EINVAL on
+/// kernels without `PIDFD_GET_INFO`.
+/// Documentation: <https://man7.org/linux/man-pages/man2/pidfd_open.2.html> and
+/// `<linux/pidfd.h>`.
+pub fn pidfd_exit_info(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
+    let mut info = PidfdInfo {
+        mask: PIDFD_INFO_EXIT,
+        ..Default::default()
+    };
+    // SAFETY: `info` is a 64-byte struct matching the size encoded in the request number.
+    let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
+    match cvt(r) {
+        Ok(_) => {}
+        // A live process's info is still readable; a dead one that is not yet reaped and whose
+        // pid was released answers ESRCH on some kernels.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if info.mask & PIDFD_INFO_EXIT == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Exit::from_wait_status(info.exit_code)))
+}
+
+/// Kernel features Holden can use, found by trying them (never by parsing the version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Features {
+    /// `clone3(2)` answers (not ENOSYS, as under Docker's default seccomp profile).
+    pub clone3: bool,
+    /// `clone(2)` with `CLONE_PIDFD` works (Linux 5.2); Holden's spawn path needs it.
+    pub clone_pidfd: bool,
+    /// `close_range(2)` exists (Linux 5.9).
+    pub close_range: bool,
+    /// `PIDFD_GET_INFO` reports `PIDFD_INFO_EXIT` (Linux 6.15).
+    pub pidfd_info_exit: bool,
+}
+
+/// Probes the running kernel for [`Features`]. Spawns and reaps one short-lived child of the
+/// caller (a clone that exits at once), so call it before anything else reaps children.
+pub fn probe_features() -> Features {
+    // SAFETY: clone3 with a null argument and size 0 only validates its arguments: EINVAL where
+    // it exists, ENOSYS where it does not (or a seccomp filter refuses it).
+    let clone3 = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) } == -1
+        && errno() != libc::ENOSYS;
+    // SAFETY: close_range on the empty range [MAX, MAX] closes nothing.
+    let close_range = unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0u32) }
+        == 0
+        || errno() != libc::ENOSYS;
+    let (clone_pidfd, pidfd_info_exit) = match probe_child() {
+        Ok(fd) => {
+            let exit = matches!(pidfd_exit_info(fd.as_fd()), Ok(Some(Exit::Exited(42))));
+            (true, exit)
+        }
+        Err(_) => (false, false),
+    };
+    Features {
+        clone3,
+        clone_pidfd,
+        close_range,
+        pidfd_info_exit,
+    }
+}
+
+extern "C" fn probe_child_main(_: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: _exit is async-signal-safe and never returns.
+    unsafe { libc::_exit(42) }
+}
+
+/// Clones a child that exits with 42 at once, reaps it, and returns its pidfd.
+fn probe_child() -> io::Result<OwnedFd> {
+    let mut stack = vec![0u8; 4096];
+    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
+    let mut pidfd: libc::c_int = -1;
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
+    // SAFETY: the child only calls _exit on its own 4 KiB stack; `pidfd` receives the descriptor.
+    let pid = unsafe {
+        libc::clone(
+            probe_child_main,
+            top as *mut libc::c_void,
+            flags,
+            std::ptr::null_mut(),
+            &mut pidfd as *mut libc::c_int,
+        )
+    };
+    cvt(pid)?;
+    drop(stack);
+    // SAFETY: clone succeeded with CLONE_PIDFD, so `pidfd` is ours.
+    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    wait_pidfd(fd.as_fd(), false)?;
+    Ok(fd)
+}

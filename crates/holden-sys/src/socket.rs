@@ -1,0 +1,187 @@
+//! Unix sockets: descriptors over `SCM_RIGHTS`, peer credentials, socket activation.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use crate::cvt;
+
+/// Most descriptors one message may carry; more makes [`recv_with_fds`] report truncation.
+pub const MAX_FDS: usize = 8;
+
+/// Sends `data` with `fds` attached as one `SCM_RIGHTS` message: `sendmsg(2)` with
+/// `MSG_NOSIGNAL` (a vanished peer is EPIPE, never SIGPIPE).
+///
+/// Returns how many bytes were sent; the descriptors travel with the first byte, so a caller
+/// that sends the rest later must pass no descriptors again.
+/// Man pages: <https://man7.org/linux/man-pages/man2/sendmsg.2.html>,
+/// <https://man7.org/linux/man-pages/man7/unix.7.html>.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} descriptors per message");
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut cmsg_buf = [0u64; 8]; // 64 bytes: room for CMSG_SPACE(8 * 4) = 48
+    // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control" header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !fds.is_empty() {
+        let payload = (fds.len() * std::mem::size_of::<RawFd>()) as u32;
+        // SAFETY: CMSG_SPACE is arithmetic on its argument.
+        let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
+        msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = space;
+        // SAFETY: msg_control points to a buffer of at least `space` bytes, aligned for cmsghdr,
+        // so CMSG_FIRSTHDR is non-null and CMSG_DATA has room for `payload` bytes.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(payload) as usize;
+            let data = libc::CMSG_DATA(cmsg) as *mut RawFd;
+            for (i, fd) in fds.iter().enumerate() {
+                data.add(i).write_unaligned(fd.as_raw_fd());
+            }
+        }
+    }
+    // SAFETY: `msg` points to live buffers for the duration of the call.
+    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+/// What [`recv_with_fds`] read.
+#[derive(Debug)]
+pub struct Received {
+    /// Bytes placed at the start of the buffer; 0 means the peer closed its end.
+    pub len: usize,
+    /// The control data was cut (more than [`MAX_FDS`] descriptors): the kernel closed the excess.
+    pub truncated: bool,
+}
+
+/// Reads into `buf`, appending any descriptors that arrive to `fds`: `recvmsg(2)` with
+/// `MSG_CMSG_CLOEXEC`, so a received descriptor can never leak into a spawned child.
+/// Man page: <https://man7.org/linux/man-pages/man2/recvmsg.2.html>.
+pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<Received> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut cmsg_buf = [0u64; 16]; // 128 bytes: CMSG_SPACE(8 * 4) plus room for credentials
+    // SAFETY: as in `send_with_fds`.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+    // SAFETY: arithmetic only.
+    msg.msg_controllen = unsafe { libc::CMSG_SPACE((MAX_FDS * std::mem::size_of::<RawFd>()) as u32) } as usize;
+    let n = loop {
+        // SAFETY: `msg` points to live buffers for the duration of the call.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    // SAFETY: the kernel filled msg_control with `msg_controllen` bytes of well-formed cmsgs;
+    // CMSG_FIRSTHDR/CMSG_NXTHDR walk them within that length, and each SCM_RIGHTS payload is an
+    // array of new descriptors that this process now owns.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    Ok(Received {
+        len: n,
+        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+    })
+}
+
+/// Credentials of the process at the other end of a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCred {
+    /// Its pid, in the caller's pid namespace (0 if not visible there).
+    pub pid: i32,
+    /// Its effective uid when it connected.
+    pub uid: u32,
+    /// Its effective gid when it connected.
+    pub gid: u32,
+    /// Its supplementary groups (`SO_PEERGROUPS`, Linux 4.13; empty before).
+    pub groups: Vec<u32>,
+}
+
+/// Reads the peer's credentials: `getsockopt(SO_PEERCRED)` and `getsockopt(SO_PEERGROUPS)`.
+/// Man page: <https://man7.org/linux/man-pages/man7/unix.7.html>.
+pub fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
+    let fd = sock.as_fd().as_raw_fd();
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid out-pointers of the declared size.
+    cvt(unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, &mut cred as *mut _ as *mut libc::c_void, &mut len)
+    })?;
+    let mut groups = vec![0u32; 64];
+    loop {
+        let mut len = (groups.len() * 4) as libc::socklen_t;
+        // SAFETY: `groups` has room for `len` bytes.
+        let r = unsafe {
+            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr() as *mut libc::c_void, &mut len)
+        };
+        if r == 0 {
+            groups.truncate(len as usize / 4);
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ERANGE) && (len as usize / 4) > groups.len() {
+            groups.resize(len as usize / 4, 0);
+            continue;
+        }
+        groups.clear();
+        break;
+    }
+    Ok(PeerCred { pid: cred.pid, uid: cred.uid, gid: cred.gid, groups })
+}
+
+/// Takes the listening sockets that systemd passes with `LISTEN_FDS`/`LISTEN_PID`
+/// (`sd_listen_fds(3)`), if they are meant for this process.
+///
+/// Returns them as owned descriptors starting at fd 3, marks them close-on-exec, and is meant to
+/// be called once, early. `LISTEN_*` variables are left for the caller to drop from the
+/// environment it hands on.
+/// Man page: <https://www.freedesktop.org/software/systemd/man/latest/sd_listen_fds.html>.
+pub fn take_listen_fds() -> Vec<OwnedFd> {
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
+    if !pid_ok || count <= 0 {
+        return Vec::new();
+    }
+    (3..3 + count.min(64))
+        .filter_map(|fd| {
+            // SAFETY: F_GETFD only inspects the descriptor; -1 means it is not open.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return None;
+            }
+            // SAFETY: systemd handed us this open descriptor for our exclusive use.
+            unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+            // SAFETY: as above: it is open, and nothing else in this process owns it.
+            Some(unsafe { OwnedFd::from_raw_fd(fd) })
+        })
+        .collect()
+}
