@@ -548,3 +548,26 @@ fn probe_child() -> io::Result<OwnedFd> {
     wait_pidfd(fd.as_fd(), false)?;
     Ok(fd)
 }
+
+/// The paths `execvp(3)` would try for `program`, in order: `program` itself if it contains a
+/// slash, else each directory of `path` (an empty entry is the current directory) joined with
+/// it; `path` defaults to `/usr/local/bin:/usr/bin:/bin`. Entries with a NUL byte are skipped.
+pub fn exec_candidates(program: &[u8], path: Option<&[u8]>) -> Vec<CString> {
+    if program.contains(&b'/') {
+        return CString::new(program).into_iter().collect();
+    }
+    let path = path.unwrap_or(b"/usr/local/bin:/usr/bin:/bin");
+    path.split(|&b| b == b':')
+        .filter_map(|dir| {
+            let mut full = Vec::with_capacity(dir.len() + 1 + program.len());
+            if dir.is_empty() {
+                full.extend_from_slice(b".");
+            } else {
+                full.extend_from_slice(dir);
+            }
+            full.push(b'/');
+            full.extend_from_slice(program);
+            CString::new(full).ok()
+        })
+        .collect()
+}

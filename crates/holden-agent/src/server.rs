@@ -1,0 +1,648 @@
+//! The agent's event loop: one thread, one epoll set holding the listener, a signalfd and every
+//! connection. Nothing blocks but the spawn itself (which returns once the child has exec'd).
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use holden_proto::{self as proto, legacy, AgentError, GetInfoReply, ServiceInfo, SpawnParams, SpawnReply};
+use holden_sys::event::{Epoll, Event, SignalFd, ERROR, HANGUP, READABLE, READ_CLOSED, WRITABLE};
+use holden_sys::process::{self, Exit};
+use holden_sys::socket::{self, PeerCred};
+
+use crate::log::{self, Level};
+use crate::spawner::Spawner;
+
+const LISTENER: u64 = 0;
+const SIGNALS: u64 = 1;
+/// Bytes read per `recvmsg`.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Who may spawn, and the limits of the loop.
+pub struct Policy {
+    /// The agent's effective uid (always allowed, as is root).
+    pub own_uid: u32,
+    /// Further uids allowed to spawn.
+    pub allow_uids: Vec<u32>,
+    /// Gids (primary or supplementary) whose members may spawn.
+    pub allow_gids: Vec<u32>,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// How long a message that has begun may take to arrive whole.
+    pub message_timeout: Duration,
+}
+
+impl Policy {
+    fn may_spawn(&self, cred: &PeerCred) -> bool {
+        cred.uid == 0
+            || cred.uid == self.own_uid
+            || self.allow_uids.contains(&cred.uid)
+            || self.allow_gids.contains(&cred.gid)
+            || cred.groups.iter().any(|g| self.allow_gids.contains(g))
+    }
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Proto {
+    Unknown,
+    Varlink,
+    Legacy,
+}
+
+struct Out {
+    data: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    sent: usize,
+}
+
+struct Conn {
+    stream: UnixStream,
+    cred: PeerCred,
+    may_spawn: bool,
+    proto: Proto,
+    inbuf: Vec<u8>,
+    /// Descriptors received, each with the offset in `inbuf` of the message they came with.
+    infds: Vec<(usize, OwnedFd)>,
+    out: VecDeque<Out>,
+    /// When the incomplete message at the end of `inbuf` began.
+    started: Option<Instant>,
+    /// The child whose exit this connection waits for (a `Spawn` called with `more`).
+    watching: Option<i32>,
+    /// The peer shut down its writing side.
+    eof: bool,
+    /// Close once `out` is sent: framing was lost or the peer is not allowed to stay.
+    close_after_flush: bool,
+    interest: u32,
+}
+
+/// Why the loop ended.
+pub enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal(i32),
+}
+
+/// The agent's state: everything here lives only as long as the connections it serves.
+pub struct Server {
+    epoll: Epoll,
+    listener: UnixListener,
+    signals: SignalFd,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    watches: HashMap<i32, u64>,
+    spawner: Spawner,
+    policy: Policy,
+    info: GetInfoReply,
+    accept_paused_until: Option<Instant>,
+    scratch: Vec<u8>,
+}
+
+impl Server {
+    /// Sets up the loop on a listening socket.
+    pub fn new(listener: UnixListener, spawner: Spawner, policy: Policy, info: GetInfoReply) -> io::Result<Server> {
+        listener.set_nonblocking(true)?;
+        let signals = SignalFd::new(&[libc_sig::SIGCHLD, libc_sig::SIGTERM, libc_sig::SIGINT, libc_sig::SIGHUP])?;
+        let epoll = Epoll::new()?;
+        epoll.add(&listener, LISTENER, READABLE)?;
+        epoll.add(&signals, SIGNALS, READABLE)?;
+        Ok(Server {
+            epoll,
+            listener,
+            signals,
+            conns: HashMap::new(),
+            next_id: 2,
+            watches: HashMap::new(),
+            spawner,
+            policy,
+            info,
+            accept_paused_until: None,
+            scratch: vec![0; READ_CHUNK],
+        })
+    }
+
+    /// Serves until SIGTERM or SIGINT.
+    pub fn run(&mut self) -> io::Result<Stop> {
+        // Orphans may already be waiting (the agent as PID 1 of a container).
+        self.reap();
+        let mut events: Vec<Event> = Vec::with_capacity(256);
+        loop {
+            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            events.clear();
+            self.epoll.wait(timeout, &mut events)?;
+            for ev in &events {
+                match ev.token {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        if let Some(stop) = self.handle_signals()? {
+                            return Ok(stop);
+                        }
+                    }
+                    id => self.handle_conn(id, ev.events),
+                }
+            }
+            self.expire(Instant::now());
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let partial = self.conns.values().filter_map(|c| c.started).min().map(|s| s + self.policy.message_timeout);
+        match (partial, self.accept_paused_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            if let Err(e) = self.epoll.modify(&self.listener, LISTENER, READABLE) {
+                log::log(Level::Error, format_args!("resume accepting: {e}"));
+            }
+        }
+        let timeout = self.policy.message_timeout;
+        let late: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.started.is_some_and(|s| now >= s + timeout))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            log::log(
+                Level::Warn,
+                format_args!("pid {} uid {}: message incomplete after {:?}, closing", c.cred.pid, c.cred.uid, timeout),
+            );
+            c.started = None;
+            let reason = format!("message incomplete after {} ms", timeout.as_millis());
+            fail_framing(c, &reason);
+            self.service(id);
+        }
+    }
+
+    fn accept_all(&mut self) {
+        loop {
+            let stream = match self.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and friends: pause accepting briefly instead of spinning.
+                    log::log(Level::Error, format_args!("accept: {e}; pausing for 100 ms"));
+                    self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+                    let _ = self.epoll.modify(&self.listener, LISTENER, 0);
+                    return;
+                }
+            };
+            self.admit(stream);
+        }
+    }
+
+    fn admit(&mut self, stream: UnixStream) {
+        let cred = match socket::peer_cred(&stream) {
+            Ok(c) => c,
+            Err(e) => {
+                log::log(Level::Warn, format_args!("peer credentials: {e}; closing"));
+                return;
+            }
+        };
+        if stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        if self.conns.len() >= self.policy.max_connections {
+            log::log(
+                Level::Warn,
+                format_args!("pid {} uid {}: too many clients ({}), refusing", cred.pid, cred.uid, self.conns.len()),
+            );
+            let msg = proto::encode_error(&AgentError::TooManyClients { limit: self.policy.max_connections as u32 });
+            let _ = socket::send_with_fds(stream.as_fd(), &msg, &[]);
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let interest = READABLE | READ_CLOSED;
+        if let Err(e) = self.epoll.add(&stream, id, interest) {
+            log::log(Level::Error, format_args!("watch connection: {e}"));
+            return;
+        }
+        log::log(Level::Debug, format_args!("connection {id} from pid {} uid {}", cred.pid, cred.uid));
+        let may_spawn = self.policy.may_spawn(&cred);
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                cred,
+                may_spawn,
+                proto: Proto::Unknown,
+                inbuf: Vec::new(),
+                infds: Vec::new(),
+                out: VecDeque::new(),
+                started: None,
+                watching: None,
+                eof: false,
+                close_after_flush: false,
+                interest,
+            },
+        );
+    }
+
+    fn handle_signals(&mut self) -> io::Result<Option<Stop>> {
+        while let Some(sig) = self.signals.read()? {
+            match sig {
+                libc_sig::SIGCHLD => self.reap(),
+                libc_sig::SIGTERM | libc_sig::SIGINT => return Ok(Some(Stop::Signal(sig))),
+                other => log::log(Level::Info, format_args!("signal {other} ignored")),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reaps every exited child, ours and orphans alike, and answers exit streams.
+    fn reap(&mut self) {
+        loop {
+            let (pid, exit) = match process::reap_any() {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    log::log(Level::Error, format_args!("waitid: {e}"));
+                    return;
+                }
+            };
+            let Some(id) = self.watches.remove(&pid) else { continue };
+            let Some(c) = self.conns.get_mut(&id) else { continue };
+            c.watching = None;
+            let reply = SpawnReply { pid, pidfd: None, exit: Some(exit_status(exit)) };
+            push(c, proto::encode_reply(&reply, false), Vec::new());
+            self.service(id);
+        }
+    }
+
+    fn handle_conn(&mut self, id: u64, events: u32) {
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if events & (READABLE | READ_CLOSED | HANGUP) != 0 {
+            read_some(c, &mut self.scratch);
+        }
+        self.service(id);
+        if events & (HANGUP | ERROR) != 0 {
+            // The peer is gone entirely: nothing more can be sent, and nothing is kept for it.
+            self.close(id);
+        }
+    }
+
+    /// Processes whatever complete messages a connection holds, sends what it can, and closes
+    /// or re-arms it.
+    fn service(&mut self, id: u64) {
+        self.process(id);
+        let Some(c) = self.conns.get_mut(&id) else { return };
+        if flush(c).is_err() {
+            self.close(id);
+            return;
+        }
+        let done_reading = c.eof || c.close_after_flush;
+        let pending_msg = has_whole_message(c);
+        // The message deadline runs only while the client owes us the rest of a message.
+        if c.inbuf.is_empty() || pending_msg || done_reading {
+            c.started = None;
+        } else if c.started.is_none() {
+            c.started = Some(Instant::now());
+        }
+        if c.out.is_empty() && (c.close_after_flush || (done_reading && c.watching.is_none() && !pending_msg)) {
+            self.close(id);
+            return;
+        }
+        let mut interest = 0;
+        if !done_reading && c.inbuf.len() <= proto::MAX_MESSAGE {
+            interest |= READABLE | READ_CLOSED;
+        }
+        if !c.out.is_empty() {
+            interest |= WRITABLE;
+        }
+        if interest != c.interest {
+            c.interest = interest;
+            if let Err(e) = self.epoll.modify(&c.stream, id, interest) {
+                log::log(Level::Error, format_args!("re-arm connection: {e}"));
+                self.close(id);
+            }
+        }
+    }
+
+    fn close(&mut self, id: u64) {
+        if let Some(c) = self.conns.remove(&id) {
+            if let Some(pid) = c.watching {
+                self.watches.remove(&pid);
+            }
+            log::log(Level::Debug, format_args!("connection {id} closed"));
+        }
+    }
+
+    fn process(&mut self, id: u64) {
+        loop {
+            let Some(c) = self.conns.get_mut(&id) else { return };
+            if c.close_after_flush || c.watching.is_some() || !c.out.is_empty() {
+                return;
+            }
+            if c.proto == Proto::Unknown {
+                match c.inbuf.first() {
+                    None => return,
+                    Some(b'{' | b' ' | b'\t' | b'\r' | b'\n') => c.proto = Proto::Varlink,
+                    Some(_) => c.proto = Proto::Legacy,
+                }
+            }
+            let handled = match c.proto {
+                Proto::Varlink => self.next_varlink(id),
+                _ => self.next_legacy(id),
+            };
+            if !handled {
+                return;
+            }
+        }
+    }
+
+    /// Handles one Varlink message if a whole one is buffered; returns whether it did.
+    fn next_varlink(&mut self, id: u64) -> bool {
+        let c = self.conns.get_mut(&id).expect("live connection");
+        let Some(end) = proto::message_end(&c.inbuf) else {
+            if c.inbuf.len() > proto::MAX_MESSAGE {
+                fail_framing(c, &format!("message larger than {} bytes", proto::MAX_MESSAGE));
+            }
+            return false;
+        };
+        if end > proto::MAX_MESSAGE {
+            fail_framing(c, &format!("message larger than {} bytes", proto::MAX_MESSAGE));
+            return false;
+        }
+        let msg: Vec<u8> = c.inbuf.drain(..=end).collect();
+        let fds = take_fds(c, end + 1);
+        c.started = None;
+        let call = proto::parse_call(&msg[..end]);
+        let (reply, out_fds, watch) = match call {
+            Ok(call) => {
+                let oneway = call.oneway;
+                let (r, f, w) = self.dispatch(id, call, fds);
+                if oneway {
+                    (None, Vec::new(), None)
+                } else {
+                    (Some(r), f, w)
+                }
+            }
+            Err(e) => (Some(proto::encode_error(&e)), Vec::new(), None),
+        };
+        let c = self.conns.get_mut(&id).expect("live connection");
+        if let Some(reply) = reply {
+            push(c, reply, out_fds);
+        }
+        if let Some(pid) = watch {
+            c.watching = Some(pid);
+            self.watches.insert(pid, id);
+        }
+        true
+    }
+
+    /// Answers one call: the reply, its descriptors, and a child to watch for an exit stream.
+    fn dispatch(&mut self, id: u64, call: proto::Call, fds: Vec<OwnedFd>) -> (Vec<u8>, Vec<OwnedFd>, Option<i32>) {
+        let err = |e: AgentError| (proto::encode_error(&e), Vec::new(), None);
+        if call.upgrade {
+            return err(AgentError::MethodNotImplemented { method: format!("{} (upgrade)", call.method) });
+        }
+        match call.method.as_str() {
+            "org.varlink.service.GetInfo" => ok(&ServiceInfo {
+                vendor: "Holden".into(),
+                product: "holden-agent".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                url: String::new(),
+                interfaces: vec![proto::SERVICE_INTERFACE.into(), proto::AGENT_INTERFACE.into()],
+            }),
+            "org.varlink.service.GetInterfaceDescription" => {
+                match call.parameters.get("interface").and_then(|v| v.as_str()) {
+                    Some(proto::AGENT_INTERFACE) => ok(&serde_json::json!({ "description": proto::AGENT_DESCRIPTION })),
+                    Some(proto::SERVICE_INTERFACE) => {
+                        ok(&serde_json::json!({ "description": proto::SERVICE_DESCRIPTION }))
+                    }
+                    Some(other) => err(AgentError::InterfaceNotFound { interface: other.into() }),
+                    None => err(AgentError::InvalidParameter {
+                        parameter: "interface".into(),
+                        reason: "must be a string".into(),
+                    }),
+                }
+            }
+            "io.holden.Agent.Ping" => ok(&serde_json::json!({})),
+            "io.holden.Agent.GetInfo" => ok(&self.info),
+            "io.holden.Agent.Spawn" => {
+                let c = &self.conns[&id];
+                if !c.may_spawn {
+                    log::log(
+                        Level::Warn,
+                        format_args!("pid {} uid {} gid {}: spawn denied", c.cred.pid, c.cred.uid, c.cred.gid),
+                    );
+                    return err(AgentError::PermissionDenied { uid: c.cred.uid });
+                }
+                let params = match SpawnParams::from_call(&call.parameters, fds.len()) {
+                    Ok(p) => p,
+                    Err(e) => return err(e),
+                };
+                match self.spawner.spawn(&params, &fds) {
+                    Ok(child) => {
+                        log::log(Level::Debug, format_args!("spawned {} as pid {}", params.argv[0], child.pid));
+                        let more = call.more && !call.oneway;
+                        let reply = SpawnReply { pid: child.pid, pidfd: Some(0), exit: None };
+                        (proto::encode_reply(&reply, more), vec![child.pidfd], more.then_some(child.pid))
+                    }
+                    Err(e) => {
+                        log::log(Level::Info, format_args!("spawn {}: {e}", params.argv[0]));
+                        err(e)
+                    }
+                }
+            }
+            m => match m.rsplit_once('.') {
+                Some((iface, _)) if iface == proto::AGENT_INTERFACE || iface == proto::SERVICE_INTERFACE => {
+                    err(AgentError::MethodNotFound { method: m.into() })
+                }
+                Some((iface, _)) => err(AgentError::InterfaceNotFound { interface: iface.into() }),
+                None => err(AgentError::MethodNotFound { method: m.into() }),
+            },
+        }
+    }
+
+    /// Handles one v0.2 message if a whole one is buffered; returns whether it did.
+    fn next_legacy(&mut self, id: u64) -> bool {
+        let c = self.conns.get_mut(&id).expect("live connection");
+        // v0.2 clients send no descriptors; any that arrive are closed.
+        c.infds.clear();
+        if c.inbuf.len() < legacy::HEADER {
+            return false;
+        }
+        let header: [u8; legacy::HEADER] = c.inbuf[..legacy::HEADER].try_into().expect("header size");
+        let (ty, len) = legacy::parse_header(&header);
+        if len as usize > legacy::MAX_BODY {
+            log::log(Level::Warn, format_args!("pid {} uid {}: legacy length {len} too large, closing", c.cred.pid, c.cred.uid));
+            push(c, legacy::process_error(&format!("Invalid length {len} for message type {ty}")), Vec::new());
+            c.close_after_flush = true;
+            c.inbuf.clear();
+            return false;
+        }
+        let total = legacy::HEADER + len as usize;
+        if c.inbuf.len() < total {
+            return false;
+        }
+        let msg: Vec<u8> = c.inbuf.drain(..total).collect();
+        c.started = None;
+        match legacy::decode(ty, &msg[legacy::HEADER..]) {
+            Ok(legacy::Request::Ping) => push(c, legacy::pong(), Vec::new()),
+            Ok(legacy::Request::StartProcess { name, args }) => {
+                if !c.may_spawn {
+                    log::log(Level::Warn, format_args!("pid {} uid {}: legacy spawn denied", c.cred.pid, c.cred.uid));
+                    push(c, legacy::process_error("Permission denied"), Vec::new());
+                    return true;
+                }
+                match self.spawner.spawn_legacy(&name, &args) {
+                    Ok(child) => {
+                        push(c, legacy::process_started(child.pid), Vec::new());
+                        push(c, b"x".to_vec(), vec![child.pidfd]);
+                    }
+                    Err(e) => {
+                        let text = match e {
+                            AgentError::ExecFailed { message, .. } | AgentError::SpawnFailed { message, .. } => message,
+                            other => other.to_string(),
+                        };
+                        push(c, legacy::process_error(&text), Vec::new());
+                    }
+                }
+            }
+            Err(text) => push(c, legacy::process_error(&text), Vec::new()),
+        }
+        true
+    }
+}
+
+/// Signal numbers, named once here so the loop reads plainly.
+mod libc_sig {
+    pub const SIGHUP: i32 = 1;
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+    pub const SIGCHLD: i32 = 17;
+}
+
+/// A single, final reply without descriptors.
+fn ok<T: serde::Serialize>(v: &T) -> (Vec<u8>, Vec<OwnedFd>, Option<i32>) {
+    (proto::encode_reply(v, false), Vec::new(), None)
+}
+
+fn exit_status(exit: Exit) -> proto::ExitStatus {
+    match exit {
+        Exit::Exited(code) => proto::ExitStatus { code: Some(code), signal: None, core_dumped: false },
+        Exit::Signaled { signal, core_dumped } => proto::ExitStatus { code: None, signal: Some(signal), core_dumped },
+    }
+}
+
+/// Whether a whole message waits in `inbuf` (so the client is waiting on us, not we on it).
+fn has_whole_message(c: &Conn) -> bool {
+    match c.proto {
+        Proto::Varlink => proto::message_end(&c.inbuf).is_some(),
+        Proto::Legacy if c.inbuf.len() >= legacy::HEADER => {
+            let header: [u8; legacy::HEADER] = c.inbuf[..legacy::HEADER].try_into().expect("header size");
+            let (_, len) = legacy::parse_header(&header);
+            c.inbuf.len() >= legacy::HEADER + len as usize
+        }
+        _ => false,
+    }
+}
+
+fn push(c: &mut Conn, data: Vec<u8>, fds: Vec<OwnedFd>) {
+    c.out.push_back(Out { data, fds, sent: 0 });
+}
+
+/// Sends an error and closes after it: the stream can no longer be split into messages.
+fn fail_framing(c: &mut Conn, reason: &str) {
+    let msg = match c.proto {
+        Proto::Legacy => legacy::process_error(reason),
+        _ => proto::encode_error(&AgentError::InvalidMessage { reason: reason.into() }),
+    };
+    push(c, msg, Vec::new());
+    c.close_after_flush = true;
+    c.inbuf.clear();
+    c.infds.clear();
+}
+
+/// Takes the descriptors of the message at the front of `inbuf`, which was `consumed` bytes long,
+/// and shifts the others' offsets.
+fn take_fds(c: &mut Conn, consumed: usize) -> Vec<OwnedFd> {
+    let mut mine = Vec::new();
+    let mut rest = Vec::new();
+    for (off, fd) in c.infds.drain(..) {
+        if off < consumed {
+            mine.push(fd);
+        } else {
+            rest.push((off - consumed, fd));
+        }
+    }
+    c.infds = rest;
+    mine
+}
+
+/// Reads what is available (bounded, for fairness), noting where descriptors arrived.
+fn read_some(c: &mut Conn, scratch: &mut [u8]) {
+    for _ in 0..4 {
+        if c.eof || c.close_after_flush || c.inbuf.len() > proto::MAX_MESSAGE {
+            return;
+        }
+        let mut fds = Vec::new();
+        let r = socket::recv_with_fds(c.stream.as_fd(), scratch, &mut fds);
+        let got = match r {
+            Ok(got) => got,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                c.eof = true;
+                c.close_after_flush = true;
+                return;
+            }
+        };
+        if got.truncated || c.infds.len() + fds.len() > proto::MAX_FDS {
+            drop(fds);
+            log::log(Level::Warn, format_args!("pid {} uid {}: too many descriptors, closing", c.cred.pid, c.cred.uid));
+            fail_framing(c, &format!("more than {} descriptors on one message", proto::MAX_FDS));
+            return;
+        }
+        if got.len == 0 {
+            c.eof = true;
+            c.started = None;
+            return;
+        }
+        let old = c.inbuf.len();
+        c.inbuf.extend_from_slice(&scratch[..got.len]);
+        if !fds.is_empty() {
+            // The kernel ends a read at the message that carried descriptors, and a sender
+            // attaches them to its message's first byte: they belong to the last message that
+            // starts within this read.
+            let at_boundary = old == 0 || c.inbuf[old - 1] == 0;
+            let last_start = c.inbuf[old..c.inbuf.len() - 1]
+                .iter()
+                .rposition(|&b| b == 0)
+                .map(|p| old + p + 1)
+                .or(if at_boundary { Some(old) } else { None })
+                .unwrap_or(old);
+            c.infds.extend(fds.into_iter().map(|fd| (last_start, fd)));
+        }
+        if c.started.is_none() {
+            c.started = Some(Instant::now());
+        }
+    }
+}
+
+/// Sends queued output until done or the socket is full. Errors mean the peer is gone.
+fn flush(c: &mut Conn) -> io::Result<()> {
+    while let Some(o) = c.out.front_mut() {
+        let fds: Vec<_> = if o.sent == 0 { o.fds.iter().map(|f| f.as_fd()).collect() } else { Vec::new() };
+        match socket::send_with_fds(c.stream.as_fd(), &o.data[o.sent..], &fds) {
+            Ok(n) => {
+                o.sent += n;
+                if o.sent == o.data.len() {
+                    c.out.pop_front();
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

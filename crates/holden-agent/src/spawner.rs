@@ -1,0 +1,175 @@
+//! Turns a checked `Spawn` request into a process: environment, PATH lookup, stdio, limits.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use holden_proto::{AgentError, SpawnParams};
+use holden_sys::process::{self, Rlimit, SpawnError, SpawnSpec, Spawned, Stage};
+
+/// What every spawn shares, prepared once at start-up.
+pub struct Spawner {
+    /// The agent's environment as handed to children, without socket-activation variables.
+    envp: Vec<CString>,
+    /// The agent's PATH, for lookups when the request does not set one.
+    path: Option<Vec<u8>>,
+    /// Children's stdin unless the caller passes one.
+    devnull: File,
+    /// Limits every child gets unless the request sets the same resource: the agent raises its
+    /// own descriptor limit, and children get the one it started with.
+    default_rlimits: Vec<Rlimit>,
+}
+
+/// Text of an errno in the house style: lower-case, no "(os error N)".
+pub fn errno_text(errno: i32) -> String {
+    let s = std::io::Error::from_raw_os_error(errno).to_string();
+    let s = s.split(" (os error").next().unwrap_or(&s);
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => String::new(),
+    }
+}
+
+impl Spawner {
+    /// Snapshots the environment and opens /dev/null.
+    pub fn new(default_rlimits: Vec<Rlimit>) -> std::io::Result<Spawner> {
+        let mut envp = Vec::new();
+        let mut path = None;
+        for (k, v) in std::env::vars_os() {
+            let k = k.as_bytes();
+            if matches!(k, b"LISTEN_FDS" | b"LISTEN_PID" | b"LISTEN_FDNAMES") {
+                continue;
+            }
+            if k == b"PATH" {
+                path = Some(v.as_bytes().to_vec());
+            }
+            let mut kv = k.to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            envp.extend(CString::new(kv).ok());
+        }
+        Ok(Spawner { envp, path, devnull: File::open("/dev/null")?, default_rlimits })
+    }
+
+    /// Spawns a Varlink `Spawn` request; `fds` are the descriptors of its message.
+    pub fn spawn(&self, p: &SpawnParams, fds: &[OwnedFd]) -> Result<Spawned, AgentError> {
+        let cstring = |parameter: &str, s: &str| {
+            CString::new(s).map_err(|_| AgentError::InvalidParameter {
+                parameter: parameter.into(),
+                reason: "contains a NUL byte".into(),
+            })
+        };
+        let argv = p.argv.iter().map(|a| cstring("argv", a)).collect::<Result<Vec<_>, _>>()?;
+        let built;
+        let envp = if p.env.is_none() && p.env_update.is_none() {
+            &self.envp
+        } else {
+            built = self.build_env(p)?;
+            &built
+        };
+        let cwd = p.cwd.as_deref().map(|c| cstring("cwd", c)).transpose()?;
+        let fd = |i: Option<u32>| i.map(|i| fds[i as usize].as_fd());
+        let stdio = [fd(p.stdin).or(Some(self.devnull.as_fd())), fd(p.stdout), fd(p.stderr)];
+        let mut rlimits: Vec<Rlimit> = p
+            .rlimits
+            .iter()
+            .flatten()
+            .filter_map(|r| {
+                Some(Rlimit {
+                    resource: process::rlimit_resource(&r.resource)?,
+                    soft: r.soft.unwrap_or(u64::MAX),
+                    hard: r.hard.unwrap_or(u64::MAX),
+                })
+            })
+            .collect();
+        for d in &self.default_rlimits {
+            if !rlimits.iter().any(|r| r.resource == d.resource) {
+                rlimits.push(*d);
+            }
+        }
+        self.run(&argv, envp, cwd.as_deref(), stdio, p.setsid.unwrap_or(false), p.umask, &rlimits)
+    }
+
+    /// Spawns a v0.2 START_PROCESS: `name` looked up in PATH, argv `[name, args...]`, the
+    /// agent's environment and stdio.
+    pub fn spawn_legacy(&self, name: &[u8], args: &[Vec<u8>]) -> Result<Spawned, AgentError> {
+        let argv = std::iter::once(name)
+            .chain(args.iter().map(Vec::as_slice))
+            .map(|a| CString::new(a).expect("legacy strings end at their NUL"))
+            .collect::<Vec<_>>();
+        let stdio = [Some(self.devnull.as_fd()), None, None];
+        self.run(&argv, &self.envp, None, stdio, false, None, &self.default_rlimits)
+    }
+
+    fn build_env(&self, p: &SpawnParams) -> Result<Vec<CString>, AgentError> {
+        let mut env: Vec<Vec<u8>> = match &p.env {
+            Some(e) => e.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            None => self.envp.iter().map(|c| c.as_bytes().to_vec()).collect(),
+        };
+        for u in p.env_update.iter().flatten() {
+            let key = u.split('=').next().unwrap_or(u);
+            env.retain(|e| !(e.starts_with(key.as_bytes()) && e.get(key.len()) == Some(&b'=')));
+            if u.contains('=') {
+                env.push(u.as_bytes().to_vec());
+            }
+        }
+        env.into_iter()
+            .map(|e| {
+                CString::new(e).map_err(|_| AgentError::InvalidParameter {
+                    parameter: "env".into(),
+                    reason: "contains a NUL byte".into(),
+                })
+            })
+            .collect()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        argv: &[CString],
+        envp: &[CString],
+        cwd: Option<&CStr>,
+        stdio: [Option<BorrowedFd<'_>>; 3],
+        setsid: bool,
+        umask: Option<u32>,
+        rlimits: &[Rlimit],
+    ) -> Result<Spawned, AgentError> {
+        let program = argv[0].as_bytes();
+        let path = if std::ptr::eq(envp, self.envp.as_slice()) {
+            self.path.as_deref()
+        } else {
+            envp.iter().find_map(|e| e.as_bytes().strip_prefix(b"PATH="))
+        };
+        let candidates = process::exec_candidates(program, path);
+        let spec = SpawnSpec { candidates: &candidates, argv, envp, cwd, stdio, setsid, umask, rlimits };
+        process::spawn(&spec).map_err(|e| {
+            let prog = String::from_utf8_lossy(program);
+            match e {
+                SpawnError::Clone(e) => {
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    AgentError::SpawnFailed {
+                        stage: "clone".into(),
+                        errno,
+                        message: format!("clone for {prog}: {}", errno_text(errno)),
+                    }
+                }
+                SpawnError::Child { stage: Stage::Exec, errno } => {
+                    AgentError::ExecFailed { errno, message: format!("exec {prog}: {}", errno_text(errno)) }
+                }
+                SpawnError::Child { stage, errno } => {
+                    let what = match (stage, cwd) {
+                        (Stage::Cwd, Some(c)) => format!("cwd {}", c.to_string_lossy()),
+                        _ => format!("{} for {prog}", stage.name()),
+                    };
+                    AgentError::SpawnFailed {
+                        stage: stage.name().into(),
+                        errno,
+                        message: format!("{what}: {}", errno_text(errno)),
+                    }
+                }
+            }
+        })
+    }
+}
