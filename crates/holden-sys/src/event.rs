@@ -152,3 +152,15 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
         Err(e) => Err(e),
     }
 }
+
+/// Waits, without blocking the tokio runtime, until `fd` is readable (for a pidfd: the process
+/// has exited). Registers the descriptor with the current runtime's reactor for the wait.
+#[cfg(feature = "tokio")]
+pub async fn readable_async(fd: OwnedFd) -> io::Result<()> {
+    use tokio::io::{unix::AsyncFd, Interest};
+    // SAFETY: an OwnedFd is an open descriptor that only the AsyncFd (which now owns it) can
+    // close, and its raw number never changes while owned.
+    let afd = unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(io::Error::from)?;
+    let _guard = afd.readable().await?;
+    Ok(())
+}

@@ -66,3 +66,13 @@ pub fn geteuid() -> u32 {
     // SAFETY: geteuid cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// Borrows this process's descriptor 0, 1 or 2 for the life of the process.
+///
+/// Panics for any other number.
+pub fn stdio(n: i32) -> BorrowedFd<'static> {
+    assert!((0..3).contains(&n), "stdio descriptors are 0, 1 and 2");
+    // SAFETY: descriptors 0-2 belong to the process as a whole and are never closed by Holden;
+    // a program that closes its own stdio gets EBADF from the calls that use them, not UB.
+    unsafe { BorrowedFd::borrow_raw(n) }
+}

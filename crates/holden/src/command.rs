@@ -1,0 +1,343 @@
+//! `Command`: what to run, shaped like `std::process::Command`, spawned locally or via an agent.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+
+use holden_proto::{Rlimit as WireRlimit, SpawnParams};
+use holden_sys::process::{self, Rlimit, SpawnError, SpawnSpec};
+
+use crate::{Agent, Child, Error};
+
+/// Where a child's stdin, stdout or stderr comes from.
+#[derive(Debug)]
+pub enum Stdio {
+    /// The caller's own descriptor 0, 1 or 2 (for an agent spawn, it is passed to the agent).
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// This descriptor (a pipe end, a file, a socket...). The command keeps it; every spawn
+    /// passes it again.
+    Fd(OwnedFd),
+}
+
+impl Stdio {
+    /// [`Stdio::Inherit`].
+    pub fn inherit() -> Stdio {
+        Stdio::Inherit
+    }
+    /// [`Stdio::Null`].
+    pub fn null() -> Stdio {
+        Stdio::Null
+    }
+}
+
+impl From<OwnedFd> for Stdio {
+    fn from(fd: OwnedFd) -> Stdio {
+        Stdio::Fd(fd)
+    }
+}
+
+impl From<File> for Stdio {
+    fn from(f: File) -> Stdio {
+        Stdio::Fd(f.into())
+    }
+}
+
+/// A command to run: program, arguments, environment, directory, stdio, session, limits.
+///
+/// Unset stdio means: for a local spawn, the caller's own (like `std::process::Command`); for an
+/// agent spawn, the agent's defaults (stdin from /dev/null, the agent's stdout and stderr).
+#[derive(Debug)]
+pub struct Command {
+    program: OsString,
+    args: Vec<OsString>,
+    env_clear: bool,
+    env: Vec<(OsString, Option<OsString>)>,
+    cwd: Option<PathBuf>,
+    stdio: [Option<Stdio>; 3],
+    setsid: bool,
+    umask: Option<u32>,
+    rlimits: Vec<(String, Option<u64>, Option<u64>)>,
+}
+
+fn utf8<'a>(what: &str, s: &'a OsStr) -> Result<&'a str, Error> {
+    s.to_str().ok_or_else(|| Error::InvalidCommand(format!("{what} {s:?} is not UTF-8, which an agent needs")))
+}
+
+fn cstring(what: &str, s: &[u8]) -> Result<CString, Error> {
+    CString::new(s).map_err(|_| Error::InvalidCommand(format!("{what} {:?} contains a NUL byte", String::from_utf8_lossy(s))))
+}
+
+impl Command {
+    /// A command running `program` (looked up in PATH when it has no slash).
+    pub fn new(program: impl AsRef<OsStr>) -> Command {
+        Command {
+            program: program.as_ref().into(),
+            args: Vec::new(),
+            env_clear: false,
+            env: Vec::new(),
+            cwd: None,
+            stdio: [None, None, None],
+            setsid: false,
+            umask: None,
+            rlimits: Vec::new(),
+        }
+    }
+
+    /// Adds an argument.
+    pub fn arg(&mut self, arg: impl AsRef<OsStr>) -> &mut Command {
+        self.args.push(arg.as_ref().into());
+        self
+    }
+
+    /// Adds arguments.
+    pub fn args<I, S>(&mut self, args: I) -> &mut Command
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args.extend(args.into_iter().map(|a| a.as_ref().into()));
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(&mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> &mut Command {
+        self.set_env(key.as_ref(), Some(value.as_ref().into()));
+        self
+    }
+
+    /// Sets environment variables.
+    pub fn envs<I, K, V>(&mut self, vars: I) -> &mut Command
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        for (k, v) in vars {
+            self.env(k, v);
+        }
+        self
+    }
+
+    /// Removes an environment variable.
+    pub fn env_remove(&mut self, key: impl AsRef<OsStr>) -> &mut Command {
+        self.set_env(key.as_ref(), None);
+        self
+    }
+
+    /// Starts from an empty environment instead of the spawner's.
+    pub fn env_clear(&mut self) -> &mut Command {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    fn set_env(&mut self, key: &OsStr, value: Option<OsString>) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.into(), value));
+    }
+
+    /// Sets the working directory.
+    pub fn current_dir(&mut self, dir: impl Into<PathBuf>) -> &mut Command {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Sets stdin.
+    pub fn stdin(&mut self, s: impl Into<Stdio>) -> &mut Command {
+        self.stdio[0] = Some(s.into());
+        self
+    }
+
+    /// Sets stdout.
+    pub fn stdout(&mut self, s: impl Into<Stdio>) -> &mut Command {
+        self.stdio[1] = Some(s.into());
+        self
+    }
+
+    /// Sets stderr.
+    pub fn stderr(&mut self, s: impl Into<Stdio>) -> &mut Command {
+        self.stdio[2] = Some(s.into());
+        self
+    }
+
+    /// Starts the child in a new session (`setsid`), leading its own process group.
+    pub fn setsid(&mut self, on: bool) -> &mut Command {
+        self.setsid = on;
+        self
+    }
+
+    /// Sets the child's file-mode creation mask (0 to 0o777).
+    pub fn umask(&mut self, mask: u32) -> &mut Command {
+        self.umask = Some(mask);
+        self
+    }
+
+    /// Sets a resource limit by name (`nofile`, `core`, `nproc`, ...); `None` is infinity.
+    pub fn rlimit(&mut self, resource: &str, soft: Option<u64>, hard: Option<u64>) -> &mut Command {
+        self.rlimits.retain(|(r, _, _)| r != resource);
+        self.rlimits.push((resource.into(), soft, hard));
+        self
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        if self.program.is_empty() {
+            return Err(Error::InvalidCommand("the program name is empty".into()));
+        }
+        if self.umask.is_some_and(|m| m > 0o777) {
+            return Err(Error::InvalidCommand("umask must be at most 0o777".into()));
+        }
+        for (r, soft, hard) in &self.rlimits {
+            if process::rlimit_resource(r).is_none() {
+                return Err(Error::InvalidCommand(format!("unknown rlimit resource {r:?}")));
+            }
+            if soft.unwrap_or(u64::MAX) > hard.unwrap_or(u64::MAX) {
+                return Err(Error::InvalidCommand(format!("rlimit {r}: soft limit above hard limit")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Spawns the command as a child of this process.
+    pub fn spawn(&mut self) -> Result<Child, Error> {
+        self.check()?;
+        let program = self.program.as_bytes();
+        let argv = std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| cstring("argument", a.as_bytes()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut env: Vec<(OsString, OsString)> = if self.env_clear { Vec::new() } else { std::env::vars_os().collect() };
+        for (k, v) in &self.env {
+            env.retain(|(ek, _)| ek != k);
+            if let Some(v) = v {
+                env.push((k.clone(), v.clone()));
+            }
+        }
+        let envp = env
+            .iter()
+            .map(|(k, v)| {
+                let mut kv = k.as_bytes().to_vec();
+                kv.push(b'=');
+                kv.extend_from_slice(v.as_bytes());
+                cstring("environment entry", &kv)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_bytes());
+        let candidates = process::exec_candidates(program, path);
+        let cwd = self.cwd.as_ref().map(|c| cstring("directory", c.as_os_str().as_bytes())).transpose()?;
+        let null = open_null_if(self.stdio.iter().any(|s| matches!(s, Some(Stdio::Null))))?;
+        let stdio: [Option<BorrowedFd<'_>>; 3] = std::array::from_fn(|i| match &self.stdio[i] {
+            None | Some(Stdio::Inherit) => None,
+            Some(Stdio::Null) => null.as_ref().map(|f| f.as_fd()),
+            Some(Stdio::Fd(fd)) => Some(fd.as_fd()),
+        });
+        let rlimits: Vec<Rlimit> = self
+            .rlimits
+            .iter()
+            .map(|(r, soft, hard)| Rlimit {
+                resource: process::rlimit_resource(r).expect("checked"),
+                soft: soft.unwrap_or(u64::MAX),
+                hard: hard.unwrap_or(u64::MAX),
+            })
+            .collect();
+        let spec = SpawnSpec {
+            candidates: &candidates,
+            argv: &argv,
+            envp: &envp,
+            cwd: cwd.as_deref(),
+            stdio,
+            setsid: self.setsid,
+            umask: self.umask,
+            rlimits: &rlimits,
+        };
+        let prog = || String::from_utf8_lossy(program).into_owned();
+        match process::spawn(&spec) {
+            Ok(s) => Ok(Child::from_local(s.pidfd, s.pid)),
+            Err(SpawnError::Clone(source)) => Err(Error::Spawn { program: prog(), stage: "clone", source }),
+            Err(SpawnError::Child { stage, errno }) => {
+                Err(Error::Spawn { program: prog(), stage: stage.name(), source: std::io::Error::from_raw_os_error(errno) })
+            }
+        }
+    }
+
+    /// Spawns the command through `agent`: the child lives in the agent's namespaces, cgroup
+    /// and security context; the caller gets its pidfd.
+    pub fn spawn_via(&mut self, agent: &mut Agent) -> Result<Child, Error> {
+        self.check()?;
+        let argv = std::iter::once(&self.program)
+            .chain(&self.args)
+            .map(|a| utf8("argument", a).map(str::to_owned))
+            .collect::<Result<Vec<_>, _>>()?;
+        let entries = |with_removals: bool| -> Result<Vec<String>, Error> {
+            let mut out = Vec::new();
+            for (k, v) in &self.env {
+                let k = utf8("environment variable", k)?;
+                match v {
+                    Some(v) => out.push(format!("{k}={}", utf8("environment value", v)?)),
+                    None if with_removals => out.push(k.to_owned()),
+                    None => {}
+                }
+            }
+            Ok(out)
+        };
+        let (env, env_update) = if self.env_clear {
+            (Some(entries(false)?), None)
+        } else if self.env.is_empty() {
+            (None, None)
+        } else {
+            (None, Some(entries(true)?))
+        };
+        let cwd = self.cwd.as_ref().map(|c| utf8("directory", c.as_os_str()).map(str::to_owned)).transpose()?;
+        let null = open_null_if(self.stdio[1..].iter().any(|s| matches!(s, Some(Stdio::Null))))?;
+        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+        let mut index = [None; 3];
+        for (i, s) in self.stdio.iter().enumerate() {
+            let fd = match s {
+                None => None,
+                // The agent's default stdin is already /dev/null.
+                Some(Stdio::Null) if i == 0 => None,
+                Some(Stdio::Null) => null.as_ref().map(|f| f.as_fd()),
+                Some(Stdio::Inherit) => Some(caller_stdio(i)),
+                Some(Stdio::Fd(fd)) => Some(fd.as_fd()),
+            };
+            if let Some(fd) = fd {
+                index[i] = Some(fds.len() as u32);
+                fds.push(fd);
+            }
+        }
+        let params = SpawnParams {
+            argv,
+            env,
+            env_update,
+            cwd,
+            stdin: index[0],
+            stdout: index[1],
+            stderr: index[2],
+            setsid: self.setsid.then_some(true),
+            umask: self.umask,
+            rlimits: (!self.rlimits.is_empty()).then(|| {
+                self.rlimits.iter().map(|(r, soft, hard)| WireRlimit { resource: r.clone(), soft: *soft, hard: *hard }).collect()
+            }),
+        };
+        agent.spawn(&params, &fds)
+    }
+}
+
+fn open_null_if(needed: bool) -> Result<Option<File>, Error> {
+    if !needed {
+        return Ok(None);
+    }
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(Some)
+        .map_err(|e| Error::InvalidCommand(format!("open /dev/null: {e}")))
+}
+
+fn caller_stdio(i: usize) -> BorrowedFd<'static> {
+    holden_sys::fd::stdio(i as i32)
+}
