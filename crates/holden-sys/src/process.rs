@@ -571,3 +571,12 @@ pub fn exec_candidates(program: &[u8], path: Option<&[u8]>) -> Vec<CString> {
         })
         .collect()
 }
+
+/// Makes this process a child subreaper: orphaned descendants are re-parented to it instead of
+/// to PID 1, so it can reap them. `prctl(PR_SET_CHILD_SUBREAPER, 1)` (Linux 3.4).
+/// Man page: <https://man7.org/linux/man-pages/man2/PR_SET_CHILD_SUBREAPER.2const.html>.
+pub fn set_child_subreaper() -> io::Result<()> {
+    // SAFETY: plain prctl with integer arguments.
+    cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })?;
+    Ok(())
+}

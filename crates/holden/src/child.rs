@@ -200,6 +200,10 @@ impl Child {
                 }
                 return Ok(None);
             }
+            // If its spawner died and the caller, a subreaper, inherited it, the caller reaps it.
+            if let Ok(Some(e)) = process::wait_pidfd(self.pidfd.as_fd(), true) {
+                return Ok(Some(e.into()));
+            }
             match process::pidfd_exit_info(self.pidfd.as_fd()) {
                 Ok(Some(e)) => return Ok(Some(e.into())),
                 // Exited, but its parent has not reaped it yet (microseconds for an agent).
