@@ -282,12 +282,13 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
     // SAFETY (whole block): each call below is a thin, async-signal-safe system-call wrapper on
     // arguments prepared by the parent; none allocates.
     unsafe {
-        // Default disposition for every signal; SIGKILL/SIGSTOP and glibc's internal signals
-        // answer EINVAL, which is fine.
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
+        // Default disposition for every signal, through the raw system call: glibc's wrapper
+        // refuses its internal signals 32 and 33, which a launcher may have left ignored. An
+        // all-zero kernel sigaction is SIG_DFL with no flags and an empty mask on every
+        // architecture. SIGKILL and SIGSTOP answer EINVAL, which is fine.
+        let dfl = [0u64; 4];
         for sig in 1..=64 {
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
         }
         // Stdio: first lift any source that sits on 0..2 out of the way, then dup2 into place.
         let mut src: [RawFd; 3] = [-1; 3];

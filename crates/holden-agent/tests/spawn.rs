@@ -1,0 +1,208 @@
+//! Spawning: exec failures, fd hygiene, stdio, environment, directory, limits, sessions.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+
+fn read_all(mut f: std::fs::File) -> String {
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    s
+}
+
+#[test]
+fn missing_program_is_exec_failed_enoent_and_leaves_no_child() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    for prog in ["holden-no-such-program", "/nonexistent/dir/prog"] {
+        let err = holden::Command::new(prog).spawn_via(&mut client).unwrap_err();
+        assert_eq!(err.exec_errno(), Some(2), "{err}");
+        match err {
+            holden::Error::Agent(holden::AgentError::ExecFailed { message, .. }) => {
+                assert!(message.contains(prog) && message.contains("no such file"), "{message}")
+            }
+            other => panic!("{other}"),
+        }
+    }
+    assert_no_children(agent.pid());
+    // The same program run locally reports the same errno.
+    let err = holden::Command::new("holden-no-such-program").spawn().unwrap_err();
+    assert_eq!(err.exec_errno(), Some(2), "{err}");
+}
+
+#[test]
+fn non_executable_file_is_exec_failed_eacces() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let file = agent.dir.0.join("not-executable");
+    std::fs::write(&file, "#!/bin/sh\nexit 0\n").unwrap();
+    let mut client = agent.client();
+    let err = holden::Command::new(&file).spawn_via(&mut client).unwrap_err();
+    assert_eq!(err.exec_errno(), Some(13), "{err}");
+    // A directory on PATH holding only a non-executable match gives EACCES too, like execvp.
+    let err = holden::Command::new("not-executable")
+        .env("PATH", &agent.dir.0)
+        .spawn_via(&mut client)
+        .unwrap_err();
+    assert_eq!(err.exec_errno(), Some(13), "{err}");
+    assert_no_children(agent.pid());
+}
+
+#[test]
+fn bad_cwd_is_spawn_failed_at_cwd() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let err = holden::Command::new("true").current_dir("/nonexistent-holden").spawn_via(&mut client).unwrap_err();
+    match err {
+        holden::Error::Agent(holden::AgentError::SpawnFailed { stage, errno, message }) => {
+            assert_eq!((stage.as_str(), errno), ("cwd", 2));
+            assert!(message.contains("/nonexistent-holden"), "{message}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_no_children(agent.pid());
+}
+
+fn fd_listing(spawn: impl FnOnce(&mut holden::Command) -> holden::Child) -> Vec<String> {
+    let (r, w) = pipe();
+    let mut cmd = holden::Command::new("ls");
+    cmd.arg("/proc/self/fd").stdout(w);
+    let mut child = spawn(&mut cmd);
+    drop(cmd); // our copy of the write end
+    let out = read_all(r);
+    assert!(child.wait().unwrap().success());
+    out.lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn spawned_children_get_only_fds_0_1_2() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    // ls's own directory descriptor for /proc/self/fd is the fourth entry.
+    let expected = ["0", "1", "2", "3"];
+    assert_eq!(fd_listing(|c| c.spawn_via(&mut client).unwrap()), expected);
+    assert_eq!(fd_listing(|c| c.spawn().unwrap()), expected);
+    // Even with many connections open in the agent.
+    let _extra: Vec<_> = (0..20).map(|_| agent.client()).collect();
+    assert_eq!(fd_listing(|c| c.spawn_via(&mut client).unwrap()), expected);
+}
+
+#[test]
+fn pipes_carry_stdin_and_stdout() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let (in_r, mut in_w) = {
+        let (r, w) = std::io::pipe().unwrap();
+        (std::os::fd::OwnedFd::from(r), std::fs::File::from(std::os::fd::OwnedFd::from(w)))
+    };
+    let (out_r, out_w) = pipe();
+    let mut cmd = holden::Command::new("tr");
+    cmd.args(["a-z", "A-Z"]).stdin(in_r).stdout(out_w);
+    let mut child = cmd.spawn_via(&mut client).unwrap();
+    drop(cmd);
+    in_w.write_all(b"hello through the agent\n").unwrap();
+    drop(in_w);
+    assert_eq!(read_all(out_r), "HELLO THROUGH THE AGENT\n");
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn default_stdin_is_dev_null_and_null_stdout_discards() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let (r, w) = pipe();
+    let mut cmd = holden::Command::new("sh");
+    cmd.args(["-c", "cat; readlink /proc/self/fd/0"]).stdout(w);
+    let mut child = cmd.spawn_via(&mut client).unwrap();
+    drop(cmd);
+    assert_eq!(read_all(r), "/dev/null\n");
+    assert!(child.wait().unwrap().success());
+    let mut child = holden::Command::new("echo").arg("gone").stdout(holden::Stdio::null()).spawn_via(&mut client).unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn environment_directory_umask_limits_and_session() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let script = "echo \"$A|$B|${HOME-unset}\"; pwd; umask; ulimit -n; ps -o sid= -p $$ | tr -d ' '; echo $$";
+    let run = |cmd: &mut holden::Command, client: &mut holden::Agent| {
+        let (r, w) = pipe();
+        cmd.stdout(w);
+        let mut child = cmd.spawn_via(client).unwrap();
+        cmd.stdout(holden::Stdio::null());
+        let out = read_all(r);
+        assert!(child.wait().unwrap().success(), "{out}");
+        out.lines().map(str::to_owned).collect::<Vec<_>>()
+    };
+    let mut cmd = holden::Command::new("sh");
+    cmd.args(["-c", script])
+        .env_clear()
+        .env("A", "1")
+        .env("B", "two words")
+        .env("PATH", "/usr/bin:/bin")
+        .current_dir("/tmp")
+        .umask(0o027)
+        .rlimit("nofile", Some(77), Some(77))
+        .setsid(true);
+    let lines = run(&mut cmd, &mut client);
+    assert_eq!(lines[0], "1|two words|unset");
+    assert_eq!(lines[1], "/tmp");
+    assert_eq!(lines[2], "0027");
+    assert_eq!(lines[3], "77");
+    assert_eq!(lines[4], lines[5], "a new session is led by the child");
+
+    // Without env_clear, changes apply on top of the agent's environment.
+    let mut cmd = holden::Command::new("sh");
+    cmd.args(["-c", "echo \"$A|${HOME-unset}|${PATH:+path}\""]).env("A", "x").env_remove("HOME");
+    assert_eq!(run(&mut cmd, &mut client)[0], "x|unset|path");
+}
+
+#[test]
+fn children_keep_the_agents_original_descriptor_limit() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let (r, w) = pipe();
+    let mut cmd = holden::Command::new("sh");
+    cmd.args(["-c", "ulimit -Sn"]).stdout(w);
+    let mut child = cmd.spawn_via(&mut client).unwrap();
+    drop(cmd);
+    let ours = holden_sys::fd::getrlimit(7).unwrap().0; // RLIMIT_NOFILE
+    assert_eq!(read_all(r).trim(), ours.to_string());
+    child.wait().unwrap();
+}
+
+#[test]
+fn signal_dispositions_and_mask_are_reset() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let (r, w) = pipe();
+    let mut cmd = holden::Command::new("grep");
+    cmd.args(["-E", "^Sig(Blk|Ign)", "/proc/self/status"]).stdout(w);
+    let mut child = cmd.spawn_via(&mut client).unwrap();
+    drop(cmd);
+    let out = read_all(r);
+    child.wait().unwrap();
+    assert_eq!(out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+}
+
+#[test]
+fn pid_is_read_from_fdinfo() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut client = agent.client();
+    let mut child = holden::Command::new("sleep").arg("5").spawn_via(&mut client).unwrap();
+    let pid = child.pid().expect("visible in our pid namespace");
+    assert_eq!(pid, child.spawner_pid(), "same namespace, same pid");
+    assert!(children_of(agent.pid()).iter().any(|(p, _)| *p == pid));
+    child.kill().unwrap();
+    assert_eq!(child.wait().unwrap().signal(), Some(9));
+}
