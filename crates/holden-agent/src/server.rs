@@ -342,10 +342,13 @@ impl Server {
                 return;
             }
             if c.proto == Proto::Unknown {
+                // A v0.2 message starts with its type, 1 to 12, as a host-endian u32; anything
+                // else is Varlink (or garbage, which the Varlink parser answers).
+                let legacy_type = |b: u8| if cfg!(target_endian = "little") { (1..=12).contains(&b) } else { b == 0 };
                 match c.inbuf.first() {
                     None => return,
-                    Some(b'{' | b' ' | b'\t' | b'\r' | b'\n') => c.proto = Proto::Varlink,
-                    Some(_) => c.proto = Proto::Legacy,
+                    Some(&b) if legacy_type(b) => c.proto = Proto::Legacy,
+                    Some(_) => c.proto = Proto::Varlink,
                 }
             }
             let handled = match c.proto {

@@ -3,8 +3,8 @@
 //! This crate is the specification of what travels on an agent's socket, and the code that
 //! encodes and checks it. It does no I/O and has no runtime, so it can be fuzzed and tested
 //! alone. Two protocols share one socket; the agent tells them apart by the first byte of a
-//! connection: `{` (or JSON white space) is Varlink, anything else is the v0.2 legacy protocol
-//! ([`legacy`]).
+//! connection: a byte from 1 to 12 (a v0.2 message type, little-endian) is the v0.2 legacy
+//! protocol ([`legacy`]); anything else is Varlink.
 //!
 //! ## Framing (Varlink)
 //! A `SOCK_STREAM` Unix socket carrying JSON objects, each terminated by one NUL byte
