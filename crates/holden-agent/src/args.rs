@@ -8,6 +8,7 @@ use crate::log::Level;
 /// The default socket when neither `--socket` nor `HOLDEN_SOCKET_PATH` is given.
 pub const DEFAULT_SOCKET: &str = "/run/holden/agent.sock";
 
+/// The text of `--help`.
 pub const HELP: &str = "\
 holden-agent: spawn commands for callers on a Unix socket and hand back pidfds
 

@@ -1,0 +1,182 @@
+//! `holden demo`: an agent in its own namespaces (when root) and a client driving it.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use holden::{Agent, Child, Command, Stdio};
+
+fn step(title: &str) {
+    println!("\n== {title}");
+}
+
+fn ns_id(pid: &str, kind: &str) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map_or_else(|_| "?".into(), |l| l.to_string_lossy().into_owned())
+}
+
+/// Everything the demo started, stopped and checked on drop, even on an error path.
+struct Demo {
+    dir: PathBuf,
+    agent_proc: Option<Child>,
+    agent_host_pid: Option<i32>,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(pid) = self.agent_host_pid {
+            if let Ok(fd) = holden_sys::process::pidfd_open(pid) {
+                let _ = holden_sys::process::pidfd_send_signal(&fd, 15);
+            }
+        }
+        if let Some(mut p) = self.agent_proc.take() {
+            let _ = p.signal(15);
+            let _ = p.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn main(args: Vec<String>) -> ExitCode {
+    if !args.is_empty() {
+        if args.iter().any(|a| a == "-h" || a == "--help") {
+            println!("Usage: holden demo\n\nStarts an agent (in new pid, mount, uts, ipc and net namespaces when run as root),\nthen spawns, signals and reaps processes through it, and stops everything it started.");
+            return ExitCode::SUCCESS;
+        }
+        eprintln!("holden demo: takes no arguments");
+        return ExitCode::from(2);
+    }
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holden demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn wait_for(path: &Path, proc: &mut Child) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if Agent::connect(path).is_ok() {
+            return Ok(());
+        }
+        if let Ok(Some(s)) = proc.try_wait() {
+            return Err(format!("the agent exited early ({s})"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err("the agent did not start listening within 10 s".into())
+}
+
+fn read_pipe(r: std::io::PipeReader) -> String {
+    let mut s = String::new();
+    let _ = std::fs::File::from(std::os::fd::OwnedFd::from(r)).read_to_string(&mut s);
+    s
+}
+
+fn run() -> Result<(), String> {
+    let e = |e: holden::Error| e.to_string();
+    let exe = std::env::current_exe().map_err(|e| format!("find this program: {e}"))?;
+    let dir = std::env::temp_dir().join(format!("holden-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+    let socket = dir.join("agent.sock");
+    let mut demo = Demo { dir, agent_proc: None, agent_host_pid: None };
+    let root = holden_sys::fd::geteuid() == 0;
+
+    step("1. start an agent");
+    let mut launcher = if root {
+        println!("running as root: the agent gets new pid, mount, uts, ipc and net namespaces (unshare)");
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--kill-child=SIGTERM"]);
+        c.arg(&exe);
+        c
+    } else {
+        println!("not root: the agent runs in this process's namespaces");
+        Command::new(&exe)
+    };
+    launcher.args(["agent", "--log-level", "warn", "--socket"]).arg(&socket).stdin(Stdio::Null);
+    let mut proc = launcher.spawn().map_err(e)?;
+    let started = wait_for(&socket, &mut proc);
+    demo.agent_proc = Some(proc);
+    started?;
+    let mut agent = Agent::connect(&socket).map_err(e)?;
+    let info = agent.info().map_err(e)?;
+    let agent_pid = agent.agent_pid().map_err(e)?.ok_or("the agent's pid is not visible")?;
+    demo.agent_host_pid = Some(agent_pid);
+    println!("agent {} on {}: pid {agent_pid} here, pid {} in its own namespace", info.version, socket.display(), info.pid);
+    let f = info.features;
+    println!(
+        "kernel features it found: clone3 {}, CLONE_PIDFD {}, close_range {}, PIDFD_INFO_EXIT {}",
+        f.clone3, f.clone_pidfd, f.close_range, f.pidfd_info_exit
+    );
+
+    step("2. spawn a long-running process through the agent");
+    let mut sleeper = Command::new("sleep").arg("60").spawn_via(&mut agent).map_err(e)?;
+    let host_pid = sleeper.pid().ok_or("the child's pid is not visible here")?;
+    println!("sleep 60: pid {host_pid} here (from the pidfd's fdinfo), pid {} as the agent sees it", sleeper.spawner_pid());
+    println!("{:<6} {:<28} {:<28} {}", "ns", "the child", "the agent", "this client");
+    for kind in ["pid", "mnt", "uts", "ipc", "net"] {
+        let (c, a, me) = (ns_id(&host_pid.to_string(), kind), ns_id(&agent_pid.to_string(), kind), ns_id("self", kind));
+        println!("{kind:<6} {c:<28} {a:<28} {me}");
+    }
+
+    step("3. output through a pipe the client passed, and the exit status");
+    let (r, w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "echo \"hello from pid $$ in the agent's namespaces\"; exit 3"]).stdout(std::os::fd::OwnedFd::from(w));
+    let mut talker = cmd.spawn_via(&mut agent).map_err(e)?;
+    drop(cmd);
+    print!("child wrote: {}", read_pipe(r));
+    println!("child ended with {}", talker.wait().map_err(e)?);
+
+    step("4. signal through the pidfd, then reap");
+    sleeper.signal(15).map_err(e)?;
+    println!("sent SIGTERM to pid {host_pid}; it ended with {}", sleeper.wait().map_err(e)?);
+
+    step("5. a missing program is an error before anything is started");
+    match Command::new("holden-no-such-program").spawn_via(&mut agent) {
+        Err(err) => println!("{err}"),
+        Ok(_) => return Err("a missing program was started".into()),
+    }
+
+    step("6. spawn round trip: through the agent vs in this process (500 runs of /bin/true each)");
+    let time = |via_agent: bool, agent: &mut Agent| -> Result<Duration, String> {
+        let mut total = Duration::ZERO;
+        for _ in 0..500 {
+            let mut c = Command::new("/bin/true");
+            let t = Instant::now();
+            let mut child = if via_agent { c.spawn_via(agent) } else { c.spawn() }.map_err(e)?;
+            total += t.elapsed();
+            child.wait().map_err(e)?;
+        }
+        Ok(total / 500)
+    };
+    let remote = time(true, &mut agent)?;
+    let local = time(false, &mut agent)?;
+    println!("through the agent: {remote:?} per spawn; in-process clone+pidfd: {local:?} per spawn");
+
+    step("7. stop the agent and check that nothing is left");
+    let pidfd = holden_sys::process::pidfd_open(agent_pid).map_err(|e| format!("pidfd_open agent: {e}"))?;
+    holden_sys::process::pidfd_send_signal(&pidfd, 15).map_err(|e| format!("signal agent: {e}"))?;
+    demo.agent_host_pid = None;
+    let mut proc = demo.agent_proc.take().expect("started above");
+    let status = proc.wait().map_err(e)?;
+    println!("agent stopped ({status}); socket removed: {}", !socket.exists());
+    let leftovers = children_of(agent_pid);
+    println!("processes left by the agent: {}", if leftovers.is_empty() { "none".into() } else { format!("{leftovers:?}") });
+    Ok(())
+}
+
+fn children_of(ppid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            let parent: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == ppid).then_some(pid)
+        })
+        .collect()
+}

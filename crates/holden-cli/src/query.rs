@@ -1,0 +1,50 @@
+//! `holden ping` and `holden info`.
+
+use std::process::ExitCode;
+
+pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
+    let mut path = None;
+    let mut i = 0;
+    while i < args.len() {
+        match crate::agent_flag(&args, &mut i) {
+            Ok(Some(p)) => path = Some(p),
+            Ok(None) if args[i] == "-h" || args[i] == "--help" => {
+                println!("Usage: holden {cmd} [--agent PATH]");
+                return ExitCode::SUCCESS;
+            }
+            Ok(None) => {
+                eprintln!("holden {cmd}: unknown argument {:?}", args[i]);
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("holden {cmd}: {e}");
+                return ExitCode::from(2);
+            }
+        }
+        i += 1;
+    }
+    let path = path.unwrap_or_else(holden::Agent::default_path);
+    let result = holden::Agent::connect(&path).and_then(|mut agent| {
+        if cmd == "ping" {
+            let start = std::time::Instant::now();
+            agent.ping()?;
+            println!("{} answered in {:?}", path.display(), start.elapsed());
+        } else {
+            let info = agent.info()?;
+            let f = info.features;
+            println!("agent {} at {}, pid {} in its namespace", info.version, path.display(), info.pid);
+            println!(
+                "features: clone3 {}, clone_pidfd {}, close_range {}, pidfd_info_exit {}",
+                f.clone3, f.clone_pidfd, f.close_range, f.pidfd_info_exit
+            );
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holden {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
