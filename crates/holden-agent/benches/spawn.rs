@@ -42,7 +42,10 @@ fn throughput(socket: &Path, clients: usize, per_client: usize) -> (f64, usize) 
                 let mut agent = holden::Agent::connect(&socket).unwrap();
                 let mut errors = 0;
                 for _ in 0..per_client {
-                    let ok = holden::Command::new(PROGRAM).spawn_via(&mut agent).and_then(|mut c| c.wait()).is_ok_and(|s| s.success());
+                    let ok = holden::Command::new(PROGRAM)
+                        .spawn_via(&mut agent)
+                        .and_then(|mut c| c.wait())
+                        .is_ok_and(|s| s.success());
                     errors += usize::from(!ok);
                 }
                 errors

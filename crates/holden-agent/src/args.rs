@@ -55,9 +55,7 @@ pub enum Parsed {
 }
 
 fn ids(flag: &str, v: &str) -> Result<Vec<u32>, String> {
-    v.split(',')
-        .map(|s| s.trim().parse::<u32>().map_err(|_| format!("{flag}: {s:?} is not a numeric id")))
-        .collect()
+    v.split(',').map(|s| s.trim().parse::<u32>().map_err(|_| format!("{flag}: {s:?} is not a numeric id"))).collect()
 }
 
 /// Parses `args` (without the program name); `env_socket` is `HOLDEN_SOCKET_PATH`.
@@ -114,7 +112,8 @@ pub fn parse(args: impl IntoIterator<Item = String>, env_socket: Option<String>)
             }
             "--log-level" => {
                 let v = value(&mut it)?;
-                o.log_level = Level::parse(&v).ok_or_else(|| format!("--log-level: {v:?} is not error, warn, info or debug"))?;
+                o.log_level =
+                    Level::parse(&v).ok_or_else(|| format!("--log-level: {v:?} is not error, warn, info or debug"))?;
             }
             other => return Err(format!("unknown argument {other:?} (see --help)")),
         }

@@ -9,7 +9,6 @@
 //! It deliberately does not supervise, restart, log output, or track anything across
 //! connections: all of that belongs to the caller, which holds the pidfds.
 #![forbid(unsafe_code)]
-
 #![deny(missing_docs)]
 
 mod args;
@@ -102,7 +101,8 @@ fn run(opts: args::Options) -> Result<(), String> {
         message_timeout: opts.message_timeout,
     };
     let listener = listening.listener.try_clone().map_err(|e| format!("listener: {e}"))?;
-    let mut server = server::Server::new(listener, spawner, policy, info).map_err(|e| format!("set up event loop: {e}"))?;
+    let mut server =
+        server::Server::new(listener, spawner, policy, info).map_err(|e| format!("set up event loop: {e}"))?;
     log::log(
         Level::Info,
         format_args!(

@@ -74,7 +74,8 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listening, Lis
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("set mode {mode:o} on {}", path.display())))?;
     if let Some(gid) = group {
-        std::os::unix::fs::chown(path, None, Some(gid)).map_err(io_err(format!("set group {gid} on {}", path.display())))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .map_err(io_err(format!("set group {gid} on {}", path.display())))?;
     }
     Ok(owned)
 }

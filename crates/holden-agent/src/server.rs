@@ -477,7 +477,10 @@ impl Server {
         let header: [u8; legacy::HEADER] = c.inbuf[..legacy::HEADER].try_into().expect("header size");
         let (ty, len) = legacy::parse_header(&header);
         if len as usize > legacy::MAX_BODY {
-            log::log(Level::Warn, format_args!("pid {} uid {}: legacy length {len} too large, closing", c.cred.pid, c.cred.uid));
+            log::log(
+                Level::Warn,
+                format_args!("pid {} uid {}: legacy length {len} too large, closing", c.cred.pid, c.cred.uid),
+            );
             push(c, legacy::process_error(&format!("Invalid length {len} for message type {ty}")), Vec::new());
             c.close_after_flush = true;
             c.inbuf.clear();

@@ -21,7 +21,9 @@ fn client_role() {
             let ping = agent.ping().map_or_else(|e| format!("ping-error {e}"), |()| "ping-ok".into());
             let spawn = match holden::Command::new("true").spawn_via(&mut agent) {
                 Ok(mut c) => format!("spawn-ok {}", c.wait().unwrap()),
-                Err(holden::Error::Agent(holden::AgentError::PermissionDenied { uid })) => format!("spawn-denied {uid}"),
+                Err(holden::Error::Agent(holden::AgentError::PermissionDenied { uid })) => {
+                    format!("spawn-denied {uid}")
+                }
                 Err(e) => format!("spawn-error {e}"),
             };
             format!("{ping} {spawn}")

@@ -13,7 +13,7 @@ fn thousand_exits(force_stream: bool) {
         let mut child = holden::Command::new("sh").args(["-c", &format!("exit {n}")]).spawn_via(&mut client).unwrap();
         assert_eq!(child.uses_exit_stream(), force_stream);
         let status = child.wait().unwrap();
-        assert_eq!(status.code(), Some(n as i32), "spawn {i}: {status}");
+        assert_eq!(status.code(), Some(n), "spawn {i}: {status}");
     }
     assert_no_children(agent.pid());
 }

@@ -68,16 +68,11 @@ fn malformed_messages_get_errors_and_the_agent_keeps_serving() {
     let corpus = corpus();
     assert!(corpus.len() >= 30);
     for (name, bytes) in &corpus {
-        let t = std::time::Instant::now();
-        let r = raw_exchange(&agent.socket, bytes);
-        eprintln!("{name}: {:?}", t.elapsed());
-        match r {
-            Some(reply) => {
-                let text = String::from_utf8_lossy(&reply);
-                let is_error = text.contains("\"error\"") || reply.starts_with(&3u32.to_ne_bytes());
-                assert!(is_error, "{name}: expected an error, got {text}");
-            }
-            None => {} // closed: acceptable for input that loses the framing
+        // No reply means the agent closed the connection: acceptable where framing is lost.
+        if let Some(reply) = raw_exchange(&agent.socket, bytes) {
+            let text = String::from_utf8_lossy(&reply);
+            let is_error = text.contains("\"error\"") || reply.starts_with(&3u32.to_ne_bytes());
+            assert!(is_error, "{name}: expected an error, got {text}");
         }
         bystander.ping().unwrap_or_else(|e| panic!("after {name}: bystander ping failed: {e}"));
     }
@@ -90,7 +85,11 @@ fn malformed_messages_get_errors_and_the_agent_keeps_serving() {
 fn errors_name_the_parameter() {
     require_root();
     let agent = TestAgent::start(&[]);
-    for (params, parameter) in [(r#"{"argv":[]}"#, "argv"), (r#"{"argv":["ls"],"stdin":3}"#, "stdin"), (r#"{"argv":["x"],"umask":-1}"#, "umask")] {
+    for (params, parameter) in [
+        (r#"{"argv":[]}"#, "argv"),
+        (r#"{"argv":["ls"],"stdin":3}"#, "stdin"),
+        (r#"{"argv":["x"],"umask":-1}"#, "umask"),
+    ] {
         let reply = raw_exchange(&agent.socket, &nul(spawn_call(params))).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&reply[..reply.len() - 1]).unwrap();
         assert_eq!(v["error"], "io.holden.Agent.InvalidParameter");

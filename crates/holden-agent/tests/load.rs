@@ -107,7 +107,11 @@ fn connection_limit_refuses_with_too_many_clients() {
         })
         .collect();
     let reply = raw_exchange(&agent.socket, b"").expect("an error reply");
-    assert!(String::from_utf8_lossy(&reply).contains("io.holden.Agent.TooManyClients"), "{}", String::from_utf8_lossy(&reply));
+    assert!(
+        String::from_utf8_lossy(&reply).contains("io.holden.Agent.TooManyClients"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
     drop(held);
     std::thread::sleep(Duration::from_millis(50));
     agent.client().ping().unwrap();

@@ -41,10 +41,7 @@ fn non_executable_file_is_exec_failed_eacces() {
     let err = holden::Command::new(&file).spawn_via(&mut client).unwrap_err();
     assert_eq!(err.exec_errno(), Some(13), "{err}");
     // A directory on PATH holding only a non-executable match gives EACCES too, like execvp.
-    let err = holden::Command::new("not-executable")
-        .env("PATH", &agent.dir.0)
-        .spawn_via(&mut client)
-        .unwrap_err();
+    let err = holden::Command::new("not-executable").env("PATH", &agent.dir.0).spawn_via(&mut client).unwrap_err();
     assert_eq!(err.exec_errno(), Some(13), "{err}");
     assert_no_children(agent.pid());
 }
@@ -122,7 +119,8 @@ fn default_stdin_is_dev_null_and_null_stdout_discards() {
     drop(cmd);
     assert_eq!(read_all(r), "/dev/null\n");
     assert!(child.wait().unwrap().success());
-    let mut child = holden::Command::new("echo").arg("gone").stdout(holden::Stdio::null()).spawn_via(&mut client).unwrap();
+    let mut child =
+        holden::Command::new("echo").arg("gone").stdout(holden::Stdio::null()).spawn_via(&mut client).unwrap();
     assert!(child.wait().unwrap().success());
 }
 

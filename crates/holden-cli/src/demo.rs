@@ -12,7 +12,8 @@ fn step(title: &str) {
 }
 
 fn ns_id(pid: &str, kind: &str) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).map_or_else(|_| "?".into(), |l| l.to_string_lossy().into_owned())
+    std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))
+        .map_or_else(|_| "?".into(), |l| l.to_string_lossy().into_owned())
 }
 
 /// Everything the demo started, stopped and checked on drop, even on an error path.
@@ -104,7 +105,12 @@ fn run() -> Result<(), String> {
     let info = agent.info().map_err(e)?;
     let agent_pid = agent.agent_pid().map_err(e)?.ok_or("the agent's pid is not visible")?;
     demo.agent_host_pid = Some(agent_pid);
-    println!("agent {} on {}: pid {agent_pid} here, pid {} in its own namespace", info.version, socket.display(), info.pid);
+    println!(
+        "agent {} on {}: pid {agent_pid} here, pid {} in its own namespace",
+        info.version,
+        socket.display(),
+        info.pid
+    );
     let f = info.features;
     println!(
         "kernel features it found: clone3 {}, CLONE_PIDFD {}, close_range {}, PIDFD_INFO_EXIT {}",
@@ -114,8 +120,11 @@ fn run() -> Result<(), String> {
     step("2. spawn a long-running process through the agent");
     let mut sleeper = Command::new("sleep").arg("60").spawn_via(&mut agent).map_err(e)?;
     let host_pid = sleeper.pid().ok_or("the child's pid is not visible here")?;
-    println!("sleep 60: pid {host_pid} here (from the pidfd's fdinfo), pid {} as the agent sees it", sleeper.spawner_pid());
-    println!("{:<6} {:<28} {:<28} {}", "ns", "the child", "the agent", "this client");
+    println!(
+        "sleep 60: pid {host_pid} here (from the pidfd's fdinfo), pid {} as the agent sees it",
+        sleeper.spawner_pid()
+    );
+    println!("{:<6} {:<28} {:<28} this client", "ns", "the child", "the agent");
     for kind in ["pid", "mnt", "uts", "ipc", "net"] {
         let (c, a, me) = (ns_id(&host_pid.to_string(), kind), ns_id(&agent_pid.to_string(), kind), ns_id("self", kind));
         println!("{kind:<6} {c:<28} {a:<28} {me}");
@@ -124,7 +133,8 @@ fn run() -> Result<(), String> {
     step("3. output through a pipe the client passed, and the exit status");
     let (r, w) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     let mut cmd = Command::new("sh");
-    cmd.args(["-c", "echo \"hello from pid $$ in the agent's namespaces\"; exit 3"]).stdout(std::os::fd::OwnedFd::from(w));
+    cmd.args(["-c", "echo \"hello from pid $$ in the agent's namespaces\"; exit 3"])
+        .stdout(std::os::fd::OwnedFd::from(w));
     let mut talker = cmd.spawn_via(&mut agent).map_err(e)?;
     drop(cmd);
     print!("child wrote: {}", read_pipe(r));
@@ -164,7 +174,10 @@ fn run() -> Result<(), String> {
     let status = proc.wait().map_err(e)?;
     println!("agent stopped ({status}); socket removed: {}", !socket.exists());
     let leftovers = children_of(agent_pid);
-    println!("processes left by the agent: {}", if leftovers.is_empty() { "none".into() } else { format!("{leftovers:?}") });
+    println!(
+        "processes left by the agent: {}",
+        if leftovers.is_empty() { "none".into() } else { format!("{leftovers:?}") }
+    );
     Ok(())
 }
 

@@ -167,7 +167,9 @@ mod tests {
 
     #[test]
     fn parses_options_then_command() {
-        let Parsed::Run(a) = parse(argv(&["--agent", "/s", "--env", "A=1", "-e", "B=2", "--cwd=/tmp", "--", "ls", "-l"])).unwrap() else {
+        let Parsed::Run(a) =
+            parse(argv(&["--agent", "/s", "--env", "A=1", "-e", "B=2", "--cwd=/tmp", "--", "ls", "-l"])).unwrap()
+        else {
             panic!()
         };
         assert_eq!(a.agent, Some(PathBuf::from("/s")));

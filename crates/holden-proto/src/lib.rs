@@ -324,16 +324,14 @@ impl AgentError {
                 }
                 _ => None,
             },
-            "io.holden.Agent.InvalidParameter" => s("parameter").map(|parameter| {
-                AgentError::InvalidParameter { parameter, reason: s("reason").unwrap_or_default() }
-            }),
+            "io.holden.Agent.InvalidParameter" => s("parameter")
+                .map(|parameter| AgentError::InvalidParameter { parameter, reason: s("reason").unwrap_or_default() }),
             // The standard error has only `parameter`.
-            "org.varlink.service.InvalidParameter" => s("parameter")
-                .map(|parameter| AgentError::InvalidParameter { parameter, reason: String::new() }),
-            "io.holden.Agent.InvalidMessage" => s("reason").map(|reason| AgentError::InvalidMessage { reason }),
-            "io.holden.Agent.PermissionDenied" => {
-                i("uid").map(|uid| AgentError::PermissionDenied { uid: uid as u32 })
+            "org.varlink.service.InvalidParameter" => {
+                s("parameter").map(|parameter| AgentError::InvalidParameter { parameter, reason: String::new() })
             }
+            "io.holden.Agent.InvalidMessage" => s("reason").map(|reason| AgentError::InvalidMessage { reason }),
+            "io.holden.Agent.PermissionDenied" => i("uid").map(|uid| AgentError::PermissionDenied { uid: uid as u32 }),
             "io.holden.Agent.TooManyClients" => {
                 i("limit").map(|limit| AgentError::TooManyClients { limit: limit as u32 })
             }

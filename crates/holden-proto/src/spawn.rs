@@ -7,8 +7,22 @@ use crate::{AgentError, MAX_ARGS, MAX_ENV, MAX_FDS, MAX_RLIMITS};
 
 /// Resource names `Rlimit.resource` accepts.
 pub const RLIMIT_NAMES: &[&str] = &[
-    "as", "core", "cpu", "data", "fsize", "locks", "memlock", "msgqueue", "nice", "nofile", "nproc", "rss", "rtprio",
-    "rttime", "sigpending", "stack",
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
 ];
 
 /// A resource limit for the child.
@@ -173,7 +187,8 @@ fn rlimits(value: &Value) -> Result<Vec<Rlimit>, AgentError> {
             if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "resource" | "soft" | "hard")) {
                 return Err(bad("rlimits", format!("unknown field {k:?}")));
             }
-            let resource = o.get("resource").and_then(Value::as_str).ok_or_else(|| bad("rlimits", "needs a resource name"))?;
+            let resource =
+                o.get("resource").and_then(Value::as_str).ok_or_else(|| bad("rlimits", "needs a resource name"))?;
             if !RLIMIT_NAMES.contains(&resource) {
                 return Err(bad("rlimits", format!("unknown resource {resource:?}")));
             }

@@ -38,6 +38,8 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
     Ok(())
 }
 
+// The casts are no-ops on glibc but not on every libc (rlim_t, resource types differ).
+#[allow(clippy::unnecessary_cast)]
 /// Reads a resource limit: `getrlimit(2)`. Returns `(soft, hard)`, `u64::MAX` for infinity.
 pub fn getrlimit(resource: u32) -> io::Result<(u64, u64)> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };

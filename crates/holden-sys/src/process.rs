@@ -26,10 +26,7 @@ impl Exit {
         if libc::WIFEXITED(status) {
             Exit::Exited(libc::WEXITSTATUS(status))
         } else {
-            Exit::Signaled {
-                signal: libc::WTERMSIG(status),
-                core_dumped: libc::WCOREDUMP(status),
-            }
+            Exit::Signaled { signal: libc::WTERMSIG(status), core_dumped: libc::WCOREDUMP(status) }
         }
     }
 
@@ -39,14 +36,8 @@ impl Exit {
         let status = unsafe { info.si_status() };
         match info.si_code {
             libc::CLD_EXITED => Exit::Exited(status),
-            libc::CLD_DUMPED => Exit::Signaled {
-                signal: status,
-                core_dumped: true,
-            },
-            _ => Exit::Signaled {
-                signal: status,
-                core_dumped: false,
-            },
+            libc::CLD_DUMPED => Exit::Signaled { signal: status, core_dumped: true },
+            _ => Exit::Signaled { signal: status, core_dumped: false },
         }
     }
 }
@@ -104,6 +95,8 @@ pub struct Rlimit {
     pub hard: u64,
 }
 
+// RLIMIT_* are u32 on glibc and c_int on musl.
+#[allow(clippy::unnecessary_cast)]
 /// Maps a resource name such as `"nofile"` to its `RLIMIT_*` number.
 pub fn rlimit_resource(name: &str) -> Option<u32> {
     let r = match name {
@@ -183,26 +176,12 @@ const CHILD_STACK_SIZE: usize = 64 * 1024;
 /// Man pages: <https://man7.org/linux/man-pages/man2/clone.2.html>,
 /// <https://man7.org/linux/man-pages/man3/posix_spawn.3.html>.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
-    let argv: Vec<*const libc::c_char> = spec
-        .argv
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let envp: Vec<*const libc::c_char> = spec
-        .envp
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain(std::iter::once(std::ptr::null()))
-        .collect();
-    let mut ctx = ChildCtx {
-        spec,
-        argv: argv.as_ptr(),
-        envp: envp.as_ptr(),
-        failed_stage: Stage::Exec,
-        errno: 0,
-        failed: false,
-    };
+    let argv: Vec<*const libc::c_char> =
+        spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let envp: Vec<*const libc::c_char> =
+        spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
+    let mut ctx =
+        ChildCtx { spec, argv: argv.as_ptr(), envp: envp.as_ptr(), failed_stage: Stage::Exec, errno: 0, failed: false };
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
     // The stack grows down on every architecture Linux/Rust supports here; align the top to 16.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK_SIZE) & !15;
@@ -245,10 +224,7 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
     if ctx.failed {
         // The child has exited with 127; reap it so that nothing is left behind.
         let _ = wait_pidfd(pidfd.as_fd(), false);
-        return Err(SpawnError::Child {
-            stage: ctx.failed_stage,
-            errno: ctx.errno,
-        });
+        return Err(SpawnError::Child { stage: ctx.failed_stage, errno: ctx.errno });
     }
     Ok(Spawned { pidfd, pid })
 }
@@ -318,10 +294,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             libc::umask(mask as libc::mode_t);
         }
         for r in spec.rlimits {
-            let lim = libc::rlimit {
-                rlim_cur: r.soft as libc::rlim_t,
-                rlim_max: r.hard as libc::rlim_t,
-            };
+            let lim = libc::rlimit { rlim_cur: r.soft as libc::rlim_t, rlim_max: r.hard as libc::rlim_t };
             if libc::setrlimit(r.resource as _, &lim) < 0 {
                 fail(ctx, Stage::Rlimit, errno());
             }
@@ -418,13 +391,7 @@ pub fn pidfd_send_signal(pidfd: impl AsFd, signal: i32) -> io::Result<()> {
     let fd = pidfd.as_fd().as_raw_fd();
     // SAFETY: plain system call; a null siginfo means "as if by kill(2)".
     cvt_long(unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd,
-            signal,
-            std::ptr::null::<libc::siginfo_t>(),
-            0u32,
-        )
+        libc::syscall(libc::SYS_pidfd_send_signal, fd, signal, std::ptr::null::<libc::siginfo_t>(), 0u32)
     })?;
     Ok(())
 }
@@ -463,10 +430,7 @@ const PIDFD_GET_INFO: libc::c_ulong = 0xC040_FF0B;
 /// Documentation: <https://man7.org/linux/man-pages/man2/pidfd_open.2.html> and
 /// `<linux/pidfd.h>`.
 pub fn pidfd_exit_info(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
-    let mut info = PidfdInfo {
-        mask: PIDFD_INFO_EXIT,
-        ..Default::default()
-    };
+    let mut info = PidfdInfo { mask: PIDFD_INFO_EXIT, ..Default::default() };
     // SAFETY: `info` is a 64-byte struct matching the size encoded in the request number.
     let r = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_INFO as _, &mut info) };
     match cvt(r) {
@@ -500,12 +464,11 @@ pub struct Features {
 pub fn probe_features() -> Features {
     // SAFETY: clone3 with a null argument and size 0 only validates its arguments: EINVAL where
     // it exists, ENOSYS where it does not (or a seccomp filter refuses it).
-    let clone3 = unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) } == -1
-        && errno() != libc::ENOSYS;
+    let clone3 =
+        unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) } == -1 && errno() != libc::ENOSYS;
     // SAFETY: close_range on the empty range [MAX, MAX] closes nothing.
-    let close_range = unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0u32) }
-        == 0
-        || errno() != libc::ENOSYS;
+    let close_range =
+        unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0u32) } == 0 || errno() != libc::ENOSYS;
     let (clone_pidfd, pidfd_info_exit) = match probe_child() {
         Ok(fd) => {
             let exit = matches!(pidfd_exit_info(fd.as_fd()), Ok(Some(Exit::Exited(42))));
@@ -513,12 +476,7 @@ pub fn probe_features() -> Features {
         }
         Err(_) => (false, false),
     };
-    Features {
-        clone3,
-        clone_pidfd,
-        close_range,
-        pidfd_info_exit,
-    }
+    Features { clone3, clone_pidfd, close_range, pidfd_info_exit }
 }
 
 extern "C" fn probe_child_main(_: *mut libc::c_void) -> libc::c_int {

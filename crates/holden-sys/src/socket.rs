@@ -17,12 +17,9 @@ pub const MAX_FDS: usize = 8;
 /// <https://man7.org/linux/man-pages/man7/unix.7.html>.
 pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
     assert!(fds.len() <= MAX_FDS, "at most {MAX_FDS} descriptors per message");
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
     let mut cmsg_buf = [0u64; 8]; // 64 bytes: room for CMSG_SPACE(8 * 4) = 48
-    // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control" header.
+                                  // SAFETY: msghdr is plain data; zeroed is a valid "no name, no control" header.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -66,12 +63,9 @@ pub struct Received {
 /// `MSG_CMSG_CLOEXEC`, so a received descriptor can never leak into a spawned child.
 /// Man page: <https://man7.org/linux/man-pages/man2/recvmsg.2.html>.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-        iov_len: buf.len(),
-    };
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
     let mut cmsg_buf = [0u64; 16]; // 128 bytes: CMSG_SPACE(8 * 4) plus room for credentials
-    // SAFETY: as in `send_with_fds`.
+                                   // SAFETY: as in `send_with_fds`.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
@@ -105,10 +99,7 @@ pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    Ok(Received {
-        len: n,
-        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
-    })
+    Ok(Received { len: n, truncated: msg.msg_flags & libc::MSG_CTRUNC != 0 })
 }
 
 /// Credentials of the process at the other end of a Unix socket.
@@ -139,7 +130,13 @@ pub fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
         let mut len = (groups.len() * 4) as libc::socklen_t;
         // SAFETY: `groups` has room for `len` bytes.
         let r = unsafe {
-            libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_PEERGROUPS, groups.as_mut_ptr() as *mut libc::c_void, &mut len)
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr() as *mut libc::c_void,
+                &mut len,
+            )
         };
         if r == 0 {
             groups.truncate(len as usize / 4);
@@ -164,10 +161,8 @@ pub fn peer_cred(sock: impl AsFd) -> io::Result<PeerCred> {
 /// environment it hands on.
 /// Man page: <https://www.freedesktop.org/software/systemd/man/latest/sd_listen_fds.html>.
 pub fn take_listen_fds() -> Vec<OwnedFd> {
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
+    let pid_ok =
+        std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()).is_some_and(|p| p == std::process::id());
     let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<i32>().ok()).unwrap_or(0);
     if !pid_ok || count <= 0 {
         return Vec::new();

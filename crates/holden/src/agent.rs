@@ -51,7 +51,9 @@ impl Agent {
 
     /// `HOLDEN_SOCKET_PATH` if set, else [`DEFAULT_SOCKET`].
     pub fn default_path() -> PathBuf {
-        std::env::var_os("HOLDEN_SOCKET_PATH").filter(|p| !p.is_empty()).map_or_else(|| DEFAULT_SOCKET.into(), PathBuf::from)
+        std::env::var_os("HOLDEN_SOCKET_PATH")
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| DEFAULT_SOCKET.into(), PathBuf::from)
     }
 
     /// The socket path.

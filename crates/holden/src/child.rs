@@ -159,7 +159,7 @@ impl Child {
             Source::Local => match process::wait_pidfd(self.pidfd.as_fd(), !block) {
                 Ok(s) => s.map(ExitStatus::from),
                 // Someone else reaped it (a waitpid(-1) elsewhere in the program).
-                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => self.from_kernel(block)?,
+                Err(e) if e.raw_os_error() == Some(libc::ECHILD) => self.status_from_kernel(block)?,
                 Err(e) => return Err(Error::Wait(e)),
             },
             Source::Agent { stream: Some(conn) } => {
@@ -178,11 +178,11 @@ impl Child {
                     Err(_) => {
                         // The agent went away: the kernel may still know.
                         self.source = Source::Agent { stream: None };
-                        self.from_kernel(block)?
+                        self.status_from_kernel(block)?
                     }
                 }
             }
-            Source::Agent { stream: None } => self.from_kernel(block)?,
+            Source::Agent { stream: None } => self.status_from_kernel(block)?,
         };
         self.status = status;
         Ok(status)
@@ -190,7 +190,7 @@ impl Child {
 
     /// Reads the exit status from the pidfd (`PIDFD_INFO_EXIT`), waiting for the process to end
     /// and be reaped by its parent when `block`.
-    fn from_kernel(&self, block: bool) -> Result<Option<ExitStatus>, Error> {
+    fn status_from_kernel(&self, block: bool) -> Result<Option<ExitStatus>, Error> {
         let mut pause = Duration::from_micros(20);
         loop {
             let timeout = if block { None } else { Some(Duration::ZERO) };

@@ -68,7 +68,8 @@ fn utf8<'a>(what: &str, s: &'a OsStr) -> Result<&'a str, Error> {
 }
 
 fn cstring(what: &str, s: &[u8]) -> Result<CString, Error> {
-    CString::new(s).map_err(|_| Error::InvalidCommand(format!("{what} {:?} contains a NUL byte", String::from_utf8_lossy(s))))
+    CString::new(s)
+        .map_err(|_| Error::InvalidCommand(format!("{what} {:?} contains a NUL byte", String::from_utf8_lossy(s))))
 }
 
 impl Command {
@@ -209,7 +210,8 @@ impl Command {
             .chain(&self.args)
             .map(|a| cstring("argument", a.as_bytes()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut env: Vec<(OsString, OsString)> = if self.env_clear { Vec::new() } else { std::env::vars_os().collect() };
+        let mut env: Vec<(OsString, OsString)> =
+            if self.env_clear { Vec::new() } else { std::env::vars_os().collect() };
         for (k, v) in &self.env {
             env.retain(|(ek, _)| ek != k);
             if let Some(v) = v {
@@ -257,9 +259,11 @@ impl Command {
         match process::spawn(&spec) {
             Ok(s) => Ok(Child::from_local(s.pidfd, s.pid)),
             Err(SpawnError::Clone(source)) => Err(Error::Spawn { program: prog(), stage: "clone", source }),
-            Err(SpawnError::Child { stage, errno }) => {
-                Err(Error::Spawn { program: prog(), stage: stage.name(), source: std::io::Error::from_raw_os_error(errno) })
-            }
+            Err(SpawnError::Child { stage, errno }) => Err(Error::Spawn {
+                program: prog(),
+                stage: stage.name(),
+                source: std::io::Error::from_raw_os_error(errno),
+            }),
         }
     }
 
@@ -319,7 +323,10 @@ impl Command {
             setsid: self.setsid.then_some(true),
             umask: self.umask,
             rlimits: (!self.rlimits.is_empty()).then(|| {
-                self.rlimits.iter().map(|(r, soft, hard)| WireRlimit { resource: r.clone(), soft: *soft, hard: *hard }).collect()
+                self.rlimits
+                    .iter()
+                    .map(|(r, soft, hard)| WireRlimit { resource: r.clone(), soft: *soft, hard: *hard })
+                    .collect()
             }),
         };
         agent.spawn(&params, &fds)

@@ -80,6 +80,7 @@ impl Conn {
 
     /// Whether a reply has begun to arrive (or the agent hung up), without waiting.
     pub(crate) fn has_input(&self) -> Result<bool, Error> {
-        Ok(!self.buf.is_empty() || event::poll_readable(self.stream.as_fd(), Some(Duration::ZERO)).map_err(Error::Io)?)
+        Ok(!self.buf.is_empty()
+            || event::poll_readable(self.stream.as_fd(), Some(Duration::ZERO)).map_err(Error::Io)?)
     }
 }
