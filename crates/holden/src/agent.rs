@@ -23,6 +23,8 @@ pub struct Agent {
     conn: Option<Conn>,
     timeout: Duration,
     exit_stream: bool,
+    /// Whether the kernel records exit statuses on pidfds, as the agent found (asked once).
+    kernel_exit_info: Option<bool>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -39,6 +41,7 @@ impl Agent {
             conn: None,
             timeout: Duration::from_secs(5),
             exit_stream: std::env::var_os("HOLDEN_EXIT_STREAM").is_some_and(|v| v == "1"),
+            kernel_exit_info: None,
         };
         agent.conn()?;
         Ok(agent)
@@ -121,7 +124,16 @@ impl Agent {
 
     /// Spawns through the agent; used by [`crate::Command::spawn_via`].
     pub(crate) fn spawn(&mut self, params: &SpawnParams, fds: &[BorrowedFd<'_>]) -> Result<Child, Error> {
-        let stream = self.exit_stream || !crate::child::kernel_has_exit_info();
+        // Containers share the host's kernel, so the agent's probe holds for this caller too.
+        let exit_info = match self.kernel_exit_info {
+            Some(known) => known,
+            None => {
+                let known = self.info()?.features.pidfd_info_exit;
+                self.kernel_exit_info = Some(known);
+                known
+            }
+        };
+        let stream = self.exit_stream || !exit_info;
         let (reply, mut rfds) = self.call("io.holden.Agent.Spawn", params, fds, stream)?;
         let spawned: SpawnReply = serde_json::from_value(serde_json::Value::Object(reply.parameters))
             .map_err(|e| Error::Protocol(format!("Spawn reply: {e}")))?;

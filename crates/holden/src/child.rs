@@ -1,7 +1,6 @@
 //! `Child`: a process held by its pidfd, however it was spawned.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use holden_proto::SpawnReply;
@@ -85,12 +84,6 @@ impl std::fmt::Debug for Child {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Child").field("pid", &self.pid).field("status", &self.status).finish()
     }
-}
-
-/// Whether this kernel records exit statuses on pidfds (`PIDFD_INFO_EXIT`), probed once.
-pub(crate) fn kernel_has_exit_info() -> bool {
-    static PROBE: OnceLock<bool> = OnceLock::new();
-    *PROBE.get_or_init(|| process::probe_features().pidfd_info_exit)
 }
 
 /// The pid a pidfd refers to in the caller's pid namespace, from `/proc/self/fdinfo`.
