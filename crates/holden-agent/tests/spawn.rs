@@ -204,3 +204,27 @@ fn pid_is_read_from_fdinfo() {
     child.kill().unwrap();
     assert_eq!(child.wait().unwrap().signal(), Some(9));
 }
+
+#[test]
+fn an_agent_started_with_closed_stdio_does_not_leak_its_sockets_into_children() {
+    require_root();
+    let dir = TempDir::new("closedstdio");
+    let socket = dir.0.join("agent.sock");
+    let mut launcher = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec {AGENT} --socket {} <&- >&- 2>&-", socket.display()))
+        .spawn()
+        .unwrap();
+    wait_for_socket(&socket);
+    let mut client = holden::Agent::connect(&socket).unwrap();
+    let mut child = holden::Command::new("sleep").arg("5").spawn_via(&mut client).unwrap();
+    let pid = child.pid().unwrap();
+    let link = |n: i32| std::fs::read_link(format!("/proc/{pid}/fd/{n}")).unwrap().to_string_lossy().into_owned();
+    // Closed stdio is filled with /dev/null (Rust's runtime does it before main), so none of the
+    // agent's sockets lands on 0-2 and leaks into children.
+    assert_eq!([link(0), link(1), link(2)], ["/dev/null", "/dev/null", "/dev/null"]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    signal(launcher.id() as i32, 15);
+    launcher.wait().unwrap();
+}
