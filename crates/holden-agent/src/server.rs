@@ -102,7 +102,7 @@ impl Server {
     /// Sets up the loop on a listening socket.
     pub fn new(listener: UnixListener, spawner: Spawner, policy: Policy, info: GetInfoReply) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
-        let signals = SignalFd::new(&[libc_sig::SIGCHLD, libc_sig::SIGTERM, libc_sig::SIGINT, libc_sig::SIGHUP])?;
+        let signals = SignalFd::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
         let epoll = Epoll::new()?;
         epoll.add(&listener, LISTENER, READABLE)?;
         epoll.add(&signals, SIGNALS, READABLE)?;
@@ -249,8 +249,8 @@ impl Server {
     fn handle_signals(&mut self) -> io::Result<Option<Stop>> {
         while let Some(sig) = self.signals.read()? {
             match sig {
-                libc_sig::SIGCHLD => self.reap(),
-                libc_sig::SIGTERM | libc_sig::SIGINT => return Ok(Some(Stop::Signal(sig))),
+                libc::SIGCHLD => self.reap(),
+                libc::SIGTERM | libc::SIGINT => return Ok(Some(Stop::Signal(sig))),
                 other => log::log(Level::Info, format_args!("signal {other} ignored")),
             }
         }
@@ -518,14 +518,6 @@ impl Server {
         }
         true
     }
-}
-
-/// Signal numbers, named once here so the loop reads plainly.
-mod libc_sig {
-    pub const SIGHUP: i32 = 1;
-    pub const SIGINT: i32 = 2;
-    pub const SIGTERM: i32 = 15;
-    pub const SIGCHLD: i32 = 17;
 }
 
 /// A single, final reply without descriptors.

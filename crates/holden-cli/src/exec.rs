@@ -103,14 +103,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     }
 }
 
-const FORWARDED: [i32; 4] = [libc_sig::SIGHUP, libc_sig::SIGINT, libc_sig::SIGQUIT, libc_sig::SIGTERM];
-
-mod libc_sig {
-    pub const SIGHUP: i32 = 1;
-    pub const SIGINT: i32 = 2;
-    pub const SIGQUIT: i32 = 3;
-    pub const SIGTERM: i32 = 15;
-}
+const FORWARDED: [i32; 4] = [libc::SIGHUP, libc::SIGINT, libc::SIGQUIT, libc::SIGTERM];
 
 fn run(a: Args) -> Result<u8, (u8, String)> {
     // Take the signals before the child exists, so none is lost in between.

@@ -103,8 +103,18 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
     )
 }
 
-/// The usual name of a signal number (`SIGTERM`), or `signal N`.
+/// The usual name of a signal number (`SIGTERM`), or `signal N`. The table follows the
+/// numbering of x86, ARM and RISC-V (the generic one); elsewhere it falls back to the number.
 pub fn signal_name(sig: i32) -> String {
+    if !cfg!(any(
+        target_arch = "x86",
+        target_arch = "x86_64",
+        target_arch = "arm",
+        target_arch = "aarch64",
+        target_arch = "riscv64"
+    )) {
+        return format!("signal {sig}");
+    }
     const NAMES: [&str; 32] = [
         "",
         "SIGHUP",

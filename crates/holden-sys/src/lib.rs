@@ -37,3 +37,6 @@ fn cvt_long(ret: libc::c_long) -> std::io::Result<libc::c_long> {
         Ok(ret)
     }
 }
+
+#[cfg(test)]
+mod tests;

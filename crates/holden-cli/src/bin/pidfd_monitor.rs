@@ -25,9 +25,7 @@ Exit status: 0 after Ctrl-C/SIGTERM, 1 if the agent is unreachable or a command 
 started, 2 on a usage error.
 ";
 
-const SIGINT: i32 = 2;
-const SIGTERM: i32 = 15;
-const SIGKILL: i32 = 9;
+use libc::{SIGINT, SIGKILL, SIGTERM};
 const QUICK_DEATH: Duration = Duration::from_secs(1);
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(5);
