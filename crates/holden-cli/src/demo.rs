@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use holden::{Agent, Child, Command, Stdio};
+use holden_cli::children_of;
 
 fn step(title: &str) {
     println!("\n== {title}");
@@ -179,17 +180,4 @@ fn run() -> Result<(), String> {
         if leftovers.is_empty() { "none".into() } else { format!("{leftovers:?}") }
     );
     Ok(())
-}
-
-fn children_of(ppid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let parent: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            (parent == ppid).then_some(pid)
-        })
-        .collect()
 }

@@ -1,5 +1,5 @@
 //! Pieces shared by Holden's command-line programs (`holden`, `pidfd_monitor`): shell-like word
-//! splitting, timestamps, signal names. No I/O and no process handling here.
+//! splitting, timestamps, signal names, and listing a process's children from `/proc`.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -153,6 +153,21 @@ pub fn signal_name(sig: i32) -> String {
         Some(n) if sig > 0 => (*n).to_owned(),
         _ => format!("signal {sig}"),
     }
+}
+
+/// The pids of every process whose parent is `ppid`, read from `/proc`.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name is in parentheses and may hold anything: parse after the last ')'.
+            let parent: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (parent == ppid).then_some(pid)
+        })
+        .collect()
 }
 
 #[cfg(test)]

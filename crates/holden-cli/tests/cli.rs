@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use holden_cli::children_of;
+
 const HOLDEN: &str = env!("CARGO_BIN_EXE_holden");
 const MONITOR: &str = env!("CARGO_BIN_EXE_pidfd_monitor");
 
@@ -60,19 +62,6 @@ impl Drop for Agent {
 
 fn kill(pid: i32, sig: i32) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
-}
-
-fn children_of(ppid: i32) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let parent: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            (parent == ppid).then_some(pid)
-        })
-        .collect()
 }
 
 fn assert_no_children(agent: &Agent) {
