@@ -141,3 +141,13 @@ fn legacy_round_trip_and_checks() {
     assert_eq!(legacy::decode(legacy::PING, &[]), Ok(legacy::Request::Ping));
     assert_eq!(legacy::process_error(&"x".repeat(600)).len(), 8 + 512);
 }
+
+/// Found by the fuzzer (`fuzz/`): a long float must decode to the same value after a re-encode.
+#[test]
+fn fuzz_regression_long_float_round_trips_exactly() {
+    let msg = br#"{"method":"x.Y","parameters":{"n":88888888888888151016666666666666666666666666666666666666666666666666666666666666666666666912594050682418}}"#;
+    let call = parse_call(msg).unwrap();
+    let again = encode_call(&call.method, &Value::Object(call.parameters.clone()), false);
+    let back = parse_call(&again[..again.len() - 1]).unwrap();
+    assert_eq!(back.parameters, call.parameters);
+}
