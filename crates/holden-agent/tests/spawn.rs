@@ -210,12 +210,14 @@ fn an_agent_started_with_closed_stdio_does_not_leak_its_sockets_into_children() 
     require_root();
     let dir = TempDir::new("closedstdio");
     let socket = dir.0.join("agent.sock");
-    let mut launcher = std::process::Command::new("sh")
+    let launcher = std::process::Command::new("sh")
         .arg("-c")
         .arg(format!("exec {AGENT} --socket {} <&- >&- 2>&-", socket.display()))
         .spawn()
         .unwrap();
-    wait_for_socket(&socket);
+    // The guard stops the agent (sh exec'd into it) even if an assertion below fails.
+    let agent = TestAgent { proc: Some(launcher), socket: socket.clone(), dir };
+    agent.wait_ready();
     let mut client = holden::Agent::connect(&socket).unwrap();
     let mut child = holden::Command::new("sleep").arg("5").spawn_via(&mut client).unwrap();
     let pid = child.pid().unwrap();
@@ -225,6 +227,5 @@ fn an_agent_started_with_closed_stdio_does_not_leak_its_sockets_into_children() 
     assert_eq!([link(0), link(1), link(2)], ["/dev/null", "/dev/null", "/dev/null"]);
     child.kill().unwrap();
     child.wait().unwrap();
-    signal(launcher.id() as i32, 15);
-    launcher.wait().unwrap();
+    drop(agent);
 }
