@@ -86,18 +86,18 @@ fn socket_path_from_environment_directory_created_mode_and_group() {
     require_root();
     let dir = TempDir::new("envsock");
     let path = dir.0.join("deep/er/agent.sock");
-    let mut proc = Command::new(AGENT)
+    let proc = Command::new(AGENT)
         .env("HOLDEN_SOCKET_PATH", &path)
         .args(["--socket-mode", "0600", "--socket-group", "65534"])
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_socket(&path);
+    let mut agent = TestAgent { proc: Some(proc), socket: path.clone(), dir };
+    agent.wait_ready();
     let meta = std::fs::metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 65534);
-    signal(proc.id() as i32, 15);
-    assert!(wait_timeout(&mut proc, Duration::from_secs(5)).unwrap().success());
+    assert!(agent.stop().success());
 }
 
 #[test]
@@ -116,7 +116,7 @@ fn socket_activation_uses_the_passed_listener_and_leaves_it() {
     require_root();
     let dir = TempDir::new("activate");
     let path = dir.0.join("activated.sock");
-    let mut proc = Command::new("systemd-socket-activate")
+    let proc = Command::new("systemd-socket-activate")
         .arg("--listen")
         .arg(&path)
         .arg(AGENT)
@@ -125,13 +125,13 @@ fn socket_activation_uses_the_passed_listener_and_leaves_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("systemd-socket-activate (Debian package systemd)");
-    wait_for_socket(&path);
+    let mut guard = TestAgent { proc: Some(proc), socket: path.clone(), dir };
+    guard.wait_ready();
     for _ in 0..3 {
         let mut c = holden::Agent::connect(&path).unwrap();
         c.ping().unwrap();
         assert!(holden::Command::new("true").spawn_via(&mut c).unwrap().wait().unwrap().success());
     }
-    signal(proc.id() as i32, 15);
-    wait_timeout(&mut proc, Duration::from_secs(5)).expect("exits on SIGTERM");
+    guard.stop();
     assert!(!std::path::Path::new("/nonexistent/ignored.sock").exists());
 }

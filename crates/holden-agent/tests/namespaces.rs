@@ -14,7 +14,7 @@ fn spawned_process_lives_in_the_agents_namespaces() {
     require_root();
     let dir = TempDir::new("ns");
     let socket = dir.0.join("agent.sock");
-    let mut unshare = Command::new("unshare")
+    let unshare = Command::new("unshare")
         .args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--kill-child=SIGTERM"])
         .arg(AGENT)
         .arg("--socket")
@@ -23,7 +23,9 @@ fn spawned_process_lives_in_the_agents_namespaces() {
         .stdin(Stdio::null())
         .spawn()
         .expect("unshare (util-linux)");
-    wait_for_socket(&socket);
+    // The guard stops unshare, and with it the agent (--kill-child), even if an assertion fails.
+    let mut guard = TestAgent { proc: Some(unshare), socket: socket.clone(), dir };
+    guard.wait_ready();
     let mut client = holden::Agent::connect(&socket).unwrap();
     let agent_pid = client.agent_pid().unwrap().expect("agent visible from the host").to_string();
     assert_eq!(client.info().unwrap().pid, 1, "the agent is PID 1 of its pid namespace");
@@ -46,7 +48,8 @@ fn spawned_process_lives_in_the_agents_namespaces() {
     assert_no_children(agent_pid.parse().unwrap());
 
     signal(agent_pid.parse().unwrap(), 15);
-    let status = wait_timeout(&mut unshare, Duration::from_secs(5)).expect("agent and unshare exit");
+    let status = wait_timeout(guard.proc.as_mut().unwrap(), Duration::from_secs(5)).expect("agent and unshare exit");
+    guard.proc = None;
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists(), "socket removed at shutdown");
 }

@@ -60,6 +60,18 @@ impl Drop for Agent {
     }
 }
 
+/// Stops a process when dropped, so a failing test leaves nothing running.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill(self.0.id() as i32, 2);
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn kill(pid: i32, sig: i32) {
     let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
@@ -147,12 +159,15 @@ fn exec_forwards_signals_to_the_child() {
 #[test]
 fn pidfd_monitor_restarts_both_commands_and_stops_cleanly() {
     let agent = Agent::start();
-    let mut mon = Command::new(MONITOR)
-        .args(["sleep 0.2", "sh -c 'sleep 0.3; exit 2'"])
-        .env("HOLDEN_SOCKET_PATH", &agent.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut mon = Killed(
+        Command::new(MONITOR)
+            .args(["sleep 0.2", "sh -c 'sleep 0.3; exit 2'"])
+            .env("HOLDEN_SOCKET_PATH", &agent.socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mon = &mut mon.0;
     let stdout = mon.stdout.take().unwrap();
     let reader = std::thread::spawn(move || BufReader::new(stdout).lines().map(Result::unwrap).collect::<Vec<_>>());
     std::thread::sleep(Duration::from_secs(3));
