@@ -197,10 +197,9 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // SAFETY: `child_main` only makes async-signal-safe system calls and writes into `ctx`; the
-    // stack is a live 64 KiB buffer that outlives the child's use of it (CLONE_VFORK suspends us
-    // until the child has exec'd or exited); `pidfd` is where CLONE_PIDFD stores the descriptor
-    // (the parent_tid argument of clone(2)).
+    // `pidfd` is where CLONE_PIDFD stores the descriptor (the parent_tid argument of clone(2)).
+    // SAFETY: the child runs only `child_main` (async-signal-safe calls, writes into `ctx`) on a
+    // live 64 KiB stack that outlives it: CLONE_VFORK suspends us until it has exec'd or exited.
     let pid = unsafe {
         libc::clone(
             child_main,
