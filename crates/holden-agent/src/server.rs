@@ -292,12 +292,11 @@ impl Server {
     /// Processes whatever complete messages a connection holds, sends what it can, and closes
     /// or re-arms it.
     fn service(&mut self, id: u64) {
-        self.process(id);
-        let Some(c) = self.conns.get_mut(&id) else { return };
-        if flush(c).is_err() {
+        if self.process(id).is_err() {
             self.close(id);
             return;
         }
+        let Some(c) = self.conns.get_mut(&id) else { return };
         let done_reading = c.eof || c.close_after_flush;
         let pending_msg = has_whole_message(c);
         // The message deadline runs only while the client owes us the rest of a message.
@@ -335,18 +334,22 @@ impl Server {
         }
     }
 
-    fn process(&mut self, id: u64) {
+    /// Answers buffered calls one at a time, sending each reply before reading the next call, so
+    /// that calls pipelined in one write are all answered, in order. An error means the peer is
+    /// gone.
+    fn process(&mut self, id: u64) -> io::Result<()> {
         loop {
-            let Some(c) = self.conns.get_mut(&id) else { return };
+            let Some(c) = self.conns.get_mut(&id) else { return Ok(()) };
+            flush(c)?;
             if c.close_after_flush || c.watching.is_some() || !c.out.is_empty() {
-                return;
+                return Ok(());
             }
             if c.proto == Proto::Unknown {
                 // A v0.2 message starts with its type, 1 to 12, as a host-endian u32; anything
                 // else is Varlink (or garbage, which the Varlink parser answers).
                 let legacy_type = |b: u8| if cfg!(target_endian = "little") { (1..=12).contains(&b) } else { b == 0 };
                 match c.inbuf.first() {
-                    None => return,
+                    None => return Ok(()),
                     Some(&b) if legacy_type(b) => c.proto = Proto::Legacy,
                     Some(_) => c.proto = Proto::Varlink,
                 }
@@ -356,7 +359,7 @@ impl Server {
                 _ => self.next_legacy(id),
             };
             if !handled {
-                return;
+                return Ok(());
             }
         }
     }

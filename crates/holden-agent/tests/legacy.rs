@@ -135,6 +135,16 @@ fn v02_client_spawns_pings_and_gets_working_pidfds() {
     holden_sys::process::pidfd_send_signal(&pidfd, 9).unwrap();
     assert_eq!(exit_of(&pidfd), 128 + 9);
     assert!(matches!(c.ping(), Reply::Pong));
+    // Requests written back to back in one write are all answered, in order.
+    let mut burst = header(PING, 0);
+    burst.extend(header(START_PROCESS, START_BODY as u32));
+    burst.extend(start_body("true", &[], 0));
+    burst.extend(header(PING, 0));
+    c.send(&burst);
+    assert!(matches!(c.reply(), Reply::Pong));
+    let Reply::Started { pidfd, .. } = c.reply() else { panic!("pipelined START_PROCESS") };
+    assert_eq!(exit_of(&pidfd), 0);
+    assert!(matches!(c.reply(), Reply::Pong));
     // One connection per request, as v0.2's own orchestrator does.
     for _ in 0..20 {
         let Reply::Started { pidfd, .. } = V02::connect(&agent.socket).start("true", &[]) else { panic!() };

@@ -131,3 +131,41 @@ fn a_client_that_hangs_up_on_an_exit_stream_leaves_nothing() {
     assert_no_children(agent.pid());
     agent.client().ping().unwrap();
 }
+
+#[test]
+fn pipelined_calls_in_one_write_are_all_answered_in_order() {
+    require_root();
+    let agent = TestAgent::start(&[]);
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let calls = concat!(
+        "{\"method\":\"io.holden.Agent.Ping\"}\0",
+        "{\"method\":\"io.holden.Agent.GetInfo\"}\0",
+        "{\"method\":\"io.holden.Agent.Nope\"}\0",
+        "{\"method\":\"io.holden.Agent.Ping\"}\0"
+    );
+    s.write_all(calls.as_bytes()).unwrap();
+    let mut replies = Vec::new();
+    let mut buf = Vec::new();
+    while replies.len() < 4 {
+        let mut chunk = [0u8; 4096];
+        let n = std::io::Read::read(&mut s, &mut chunk).expect("all four replies arrive");
+        assert!(n > 0, "closed after {} replies", replies.len());
+        buf.extend_from_slice(&chunk[..n]);
+        while let Some(end) = buf.iter().position(|&b| b == 0) {
+            replies.push(String::from_utf8(buf.drain(..=end).collect()).unwrap());
+        }
+    }
+    assert!(replies[0].starts_with("{\"parameters\":{}"));
+    assert!(replies[1].contains("\"features\""));
+    assert!(replies[2].contains("MethodNotFound"));
+    assert!(replies[3].starts_with("{\"parameters\":{}"));
+    // Half-closing after a pipelined burst still gets every answer.
+    let mut s = UnixStream::connect(&agent.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(calls.as_bytes()).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut all).unwrap();
+    assert_eq!(all.iter().filter(|&&b| b == 0).count(), 4);
+}
