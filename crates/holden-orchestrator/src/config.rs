@@ -1,0 +1,513 @@
+//! The configuration file: agents, services, orchestrator settings.
+//!
+//! ```toml
+//! [agents.qm]
+//! socket = "/run/holden/qm.sock"
+//!
+//! [services.web]
+//! command = ["/usr/bin/python3", "-m", "http.server", "8080"]
+//! agent = "qm"
+//! restart = "on-failure"
+//! depends_on = ["db"]
+//! stop_timeout = "5s"
+//! backoff = { initial = "100ms", max = "30s", factor = 2.0, reset_after = "10s" }
+//! start_limit = { burst = 5, interval = "60s" }
+//! ```
+//!
+//! Unknown keys, wrong types, unknown agents, dependency cycles and empty commands are errors
+//! that name the file, line and column.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// A configuration error, located in its file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {message}", file.display())]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong, lower-case.
+    pub message: String,
+}
+
+/// When a service is restarted after it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    /// Whatever the exit.
+    Always,
+    /// Unless it exited with code 0.
+    OnFailure,
+    /// Never.
+    Never,
+}
+
+/// What stop and kill signal: the main process, or its whole process group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KillMode {
+    /// The service's own process.
+    Process,
+    /// Its process group (the service is started in its own session).
+    Group,
+}
+
+/// Where a service's stdout or stderr goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Captured, timestamped, into the service's rotated log.
+    Log,
+    /// The orchestrator's own.
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// Exponential backoff between restarts.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Backoff {
+    /// The first delay.
+    pub initial: Duration,
+    /// The largest delay.
+    pub max: Duration,
+    /// Growth per consecutive quick death.
+    pub factor: f64,
+    /// A run this long resets the delay to `initial`.
+    pub reset_after: Duration,
+}
+
+/// At most `burst` starts within `interval`; past that the service is parked as failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartLimit {
+    /// Starts allowed in the window.
+    pub burst: u32,
+    /// The window.
+    pub interval: Duration,
+}
+
+/// One service, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Service {
+    /// argv; never empty.
+    pub command: Vec<String>,
+    /// The agent that spawns it; `None` spawns it locally.
+    pub agent: Option<String>,
+    /// Restart policy.
+    pub restart: Restart,
+    /// Environment added to the spawner's.
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    pub cwd: Option<PathBuf>,
+    /// Services started before this one and stopped after it.
+    pub depends_on: Vec<String>,
+    /// The signal that asks it to stop (followed by SIGCONT).
+    pub stop_signal: i32,
+    /// How long it may take to stop before SIGKILL.
+    pub stop_timeout: Duration,
+    /// Restart delays.
+    pub backoff: Backoff,
+    /// Start limit.
+    pub start_limit: StartLimit,
+    /// stdout.
+    pub stdout: Output,
+    /// stderr.
+    pub stderr: Output,
+    /// Whom stop and kill signal.
+    pub kill_mode: KillMode,
+}
+
+/// An agent the services may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Its socket.
+    pub socket: PathBuf,
+}
+
+/// The whole configuration, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The control socket, if set in the file.
+    pub control_socket: Option<PathBuf>,
+    /// Where logs and the state file go, if set in the file.
+    pub state_dir: Option<PathBuf>,
+    /// Agents by name.
+    pub agents: BTreeMap<String, Agent>,
+    /// Services by name.
+    pub services: BTreeMap<String, Service>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    orchestrator: RawOrchestrator,
+    #[serde(default)]
+    agents: BTreeMap<String, RawAgent>,
+    #[serde(default)]
+    services: BTreeMap<Spanned<String>, RawService>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOrchestrator {
+    control_socket: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    socket: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    command: Spanned<Vec<String>>,
+    agent: Option<Spanned<String>>,
+    restart: Option<Restart>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    cwd: Option<PathBuf>,
+    #[serde(default)]
+    depends_on: Vec<Spanned<String>>,
+    stop_signal: Option<Spanned<String>>,
+    stop_timeout: Option<Spanned<String>>,
+    backoff: Option<RawBackoff>,
+    start_limit: Option<RawStartLimit>,
+    stdout: Option<String>,
+    stderr: Option<String>,
+    kill_mode: Option<KillMode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackoff {
+    initial: Option<Spanned<String>>,
+    max: Option<Spanned<String>>,
+    factor: Option<Spanned<f64>>,
+    reset_after: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStartLimit {
+    burst: Option<Spanned<u32>>,
+    interval: Option<Spanned<String>>,
+}
+
+/// Parses a duration: a number with `ms`, `s` or `m` (`100ms`, `1.5s`, `2m`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        return Err(format!("duration {s:?} needs a unit: ms, s or m"));
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("duration {s:?} is not a number with ms, s or m"))?;
+    if !v.is_finite() || v < 0.0 || v * scale > 1e9 {
+        return Err(format!("duration {s:?} is out of range"));
+    }
+    Ok(Duration::from_secs_f64(v * scale))
+}
+
+/// Parses a signal given as `SIGTERM`, `TERM` or a number from 1 to 64.
+pub fn parse_signal(s: &str) -> Result<i32, String> {
+    const NAMES: [(&str, i32); 12] = [
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("USR2", 12),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("CONT", 18),
+        ("STOP", 19),
+        ("TSTP", 20),
+        ("WINCH", 28),
+    ];
+    if let Ok(n) = s.parse::<i32>() {
+        return if (1..=64).contains(&n) { Ok(n) } else { Err(format!("signal {n} is out of range 1..=64")) };
+    }
+    let name = s.strip_prefix("SIG").unwrap_or(s);
+    NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| format!("unknown signal {s:?}"))
+}
+
+fn parse_output(s: Option<String>) -> Output {
+    match s.as_deref() {
+        None | Some("log") => Output::Log,
+        Some("inherit") => Output::Inherit,
+        Some("null") => Output::Null,
+        Some(path) => Output::File(path.into()),
+    }
+}
+
+/// Reads and checks a configuration file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.into(),
+        line: 1,
+        column: 1,
+        message: format!("cannot read the file: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Checks configuration `text`, read from `file` (used in error messages).
+pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    let at = |span: Range<usize>, message: String| {
+        let before = &text[..span.start.min(text.len())];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        ConfigError { file: file.into(), line, column, message }
+    };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| at(e.span().unwrap_or(0..0), e.message().to_lowercase()))?;
+    let dur = |v: &Option<Spanned<String>>, default: Duration| match v {
+        None => Ok(default),
+        Some(s) => parse_duration(s.get_ref()).map_err(|m| at(s.span(), m)),
+    };
+    let mut services = BTreeMap::new();
+    for (name, s) in &raw.services {
+        let n = name.get_ref();
+        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+            return Err(at(
+                name.span(),
+                format!("service name {n:?} may hold only letters, digits, '-', '_', '.' and '@'"),
+            ));
+        }
+        if s.command.get_ref().first().is_none_or(String::is_empty) {
+            return Err(at(s.command.span(), format!("service {n}: the command is empty")));
+        }
+        if let Some(a) = &s.agent {
+            if !raw.agents.contains_key(a.get_ref()) {
+                return Err(at(a.span(), format!("service {n}: unknown agent {:?}", a.get_ref())));
+            }
+        }
+        for d in &s.depends_on {
+            if !raw.services.keys().any(|k| k.get_ref() == d.get_ref()) {
+                return Err(at(d.span(), format!("service {n}: depends on unknown service {:?}", d.get_ref())));
+            }
+        }
+        let stop_signal = match &s.stop_signal {
+            None => 15,
+            Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(sig.span(), m))?,
+        };
+        let backoff = match &s.backoff {
+            None => Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(30),
+                factor: 2.0,
+                reset_after: Duration::from_secs(10),
+            },
+            Some(b) => {
+                let factor = match &b.factor {
+                    None => 2.0,
+                    Some(f) if *f.get_ref() >= 1.0 && f.get_ref().is_finite() => *f.get_ref(),
+                    Some(f) => return Err(at(f.span(), "backoff factor must be at least 1.0".into())),
+                };
+                Backoff {
+                    initial: dur(&b.initial, Duration::from_millis(100))?,
+                    max: dur(&b.max, Duration::from_secs(30))?,
+                    factor,
+                    reset_after: dur(&b.reset_after, Duration::from_secs(10))?,
+                }
+            }
+        };
+        let start_limit = match &s.start_limit {
+            None => StartLimit { burst: 5, interval: Duration::from_secs(60) },
+            Some(l) => StartLimit {
+                burst: match &l.burst {
+                    None => 5,
+                    Some(b) if *b.get_ref() > 0 => *b.get_ref(),
+                    Some(b) => return Err(at(b.span(), "start_limit burst must be at least 1".into())),
+                },
+                interval: dur(&l.interval, Duration::from_secs(60))?,
+            },
+        };
+        services.insert(
+            n.clone(),
+            Service {
+                command: s.command.get_ref().clone(),
+                agent: s.agent.as_ref().map(|a| a.get_ref().clone()),
+                restart: s.restart.unwrap_or(Restart::OnFailure),
+                env: s.env.clone(),
+                cwd: s.cwd.clone(),
+                depends_on: s.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
+                stop_signal,
+                stop_timeout: dur(&s.stop_timeout, Duration::from_secs(5))?,
+                backoff,
+                start_limit,
+                stdout: parse_output(s.stdout.clone()),
+                stderr: parse_output(s.stderr.clone()),
+                kill_mode: s.kill_mode.unwrap_or(KillMode::Process),
+            },
+        );
+    }
+    if let Some(cycle) = find_cycle(&services) {
+        let (name, s) = raw.services.iter().find(|(k, _)| *k.get_ref() == cycle[0]).expect("a configured service");
+        let dep = s.depends_on.iter().find(|d| *d.get_ref() == cycle[1]).map_or(name.span(), |d| d.span());
+        return Err(at(dep, format!("dependency cycle: {}", cycle.join(" -> "))));
+    }
+    Ok(Config {
+        control_socket: raw.orchestrator.control_socket,
+        state_dir: raw.orchestrator.state_dir,
+        agents: raw.agents.into_iter().map(|(k, a)| (k, Agent { socket: a.socket })).collect(),
+        services,
+    })
+}
+
+/// A dependency cycle as `[a, b, ..., a]`, if there is one.
+fn find_cycle(services: &BTreeMap<String, Service>) -> Option<Vec<String>> {
+    fn visit<'a>(
+        n: &'a str,
+        services: &'a BTreeMap<String, Service>,
+        path: &mut Vec<&'a str>,
+        done: &mut Vec<&'a str>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| *p == n) {
+            let mut c: Vec<String> = path[i..].iter().map(|s| s.to_string()).collect();
+            c.push(n.to_string());
+            return Some(c);
+        }
+        if done.contains(&n) {
+            return None;
+        }
+        path.push(n);
+        for d in &services[n].depends_on {
+            if let Some(c) = visit(d, services, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.push(n);
+        None
+    }
+    let mut done = Vec::new();
+    services.keys().find_map(|n| visit(n, services, &mut Vec::new(), &mut done))
+}
+
+/// Service names in an order where each comes after everything it depends on (start order;
+/// reversed, the stop order). The configuration must be free of cycles, as [`parse`] ensures.
+pub fn start_order(services: &BTreeMap<String, Service>) -> Vec<String> {
+    fn visit(n: &str, services: &BTreeMap<String, Service>, out: &mut Vec<String>) {
+        if out.iter().any(|o| o == n) {
+            return;
+        }
+        for d in &services[n].depends_on {
+            visit(d, services, out);
+        }
+        out.push(n.to_string());
+    }
+    let mut out = Vec::new();
+    for n in services.keys() {
+        visit(n, services, &mut out);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(text: &str) -> Result<Config, ConfigError> {
+        parse(Path::new("holden.toml"), text)
+    }
+
+    #[test]
+    fn the_full_example_parses_with_defaults_filled_in() {
+        let c = p(r#"
+[orchestrator]
+control_socket = "/run/holden/orchestrator.sock"
+
+[agents.qm]
+socket = "/run/holden/qm.sock"
+
+[services.db]
+command = ["sleep", "1000"]
+
+[services.web]
+command = ["/usr/bin/python3", "-m", "http.server", "8080"]
+agent = "qm"
+restart = "on-failure"
+env = { LANG = "C.UTF-8" }
+cwd = "/srv"
+depends_on = ["db"]
+stop_signal = "SIGTERM"
+stop_timeout = "5s"
+backoff = { initial = "100ms", max = "30s", factor = 2.0, reset_after = "10s" }
+start_limit = { burst = 5, interval = "60s" }
+stdout = "log"
+stderr = "/var/log/web.err"
+kill_mode = "group"
+"#)
+        .unwrap();
+        let web = &c.services["web"];
+        assert_eq!(web.agent.as_deref(), Some("qm"));
+        assert_eq!(web.stderr, Output::File("/var/log/web.err".into()));
+        assert_eq!(web.kill_mode, KillMode::Group);
+        let db = &c.services["db"];
+        assert_eq!((db.restart, db.stop_signal, db.stop_timeout), (Restart::OnFailure, 15, Duration::from_secs(5)));
+        assert_eq!(start_order(&c.services), ["db", "web"]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let cases = [
+            ("[services.a]\ncommand = [\"x\"]\nbogus = 1\n", 3, 1, "unknown field"),
+            ("[services.a]\ncommand = \"x\"\n", 2, 11, "invalid type"),
+            ("[services.a]\ncommand = []\n", 2, 11, "command is empty"),
+            ("[services.a]\ncommand = [\"x\"]\nagent = \"nope\"\n", 3, 9, "unknown agent"),
+            ("[services.a]\ncommand = [\"x\"]\nstop_timeout = \"5\"\n", 3, 16, "needs a unit"),
+            ("[services.a]\ncommand = [\"x\"]\nstop_signal = \"SIGNOPE\"\n", 3, 15, "unknown signal"),
+            ("[services.a]\ncommand = [\"x\"]\nrestart = \"sometimes\"\n", 3, 11, "unknown variant"),
+            ("[services.a]\ncommand = [\"x\"]\ndepends_on = [\"ghost\"]\n", 3, 15, "unknown service"),
+            (
+                "[services.a]\ncommand = [\"x\"]\ndepends_on = [\"b\"]\n[services.b]\ncommand = [\"y\"]\ndepends_on = [\"a\"]\n",
+                3,
+                15,
+                "dependency cycle: a -> b -> a",
+            ),
+            ("[services.a]\ncommand = [\"x\"]\nbackoff = { factor = 0.5 }\n", 3, 22, "factor"),
+            ("[services.a]\ncommand = [\"x\"]\n[services.a]\n", 3, 11, "duplicate"),
+            ("this is not toml", 1, 6, ""),
+        ];
+        for (text, line, column, needle) in cases {
+            let e = p(text).unwrap_err();
+            assert_eq!((e.line, e.column), (line, column), "{text:?}: {e}");
+            assert!(e.message.contains(needle), "{text:?}: {e}");
+            assert!(e.to_string().starts_with(&format!("holden.toml:{line}:{column}: ")));
+        }
+    }
+
+    #[test]
+    fn durations_and_signals() {
+        assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("-1s").is_err() && parse_duration("s").is_err() && parse_duration("1h").is_err());
+        assert_eq!((parse_signal("SIGTERM"), parse_signal("HUP"), parse_signal("9")), (Ok(15), Ok(1), Ok(9)));
+        assert!(parse_signal("0").is_err() && parse_signal("SIGFOO").is_err());
+    }
+
+    #[test]
+    fn a_self_dependency_is_a_cycle() {
+        let e = p("[services.a]\ncommand = [\"x\"]\ndepends_on = [\"a\"]\n").unwrap_err();
+        assert!(e.message.contains("a -> a"), "{e}");
+    }
+}
