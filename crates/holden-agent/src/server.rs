@@ -126,8 +126,9 @@ impl Server {
         // Orphans may already be waiting (the agent as PID 1 of a container).
         self.reap();
         let mut events: Vec<Event> = Vec::with_capacity(256);
+        let mut next_deadline = None;
         loop {
-            let timeout = self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()));
+            let timeout = next_deadline.map(|d: Instant| d.saturating_duration_since(Instant::now()));
             events.clear();
             self.epoll.wait(timeout, &mut events)?;
             for ev in &events {
@@ -141,19 +142,13 @@ impl Server {
                     id => self.handle_conn(id, ev.events),
                 }
             }
-            self.expire(Instant::now());
+            next_deadline = self.expire(Instant::now());
         }
     }
 
-    fn next_deadline(&self) -> Option<Instant> {
-        let partial = self.conns.values().filter_map(|c| c.started).min().map(|s| s + self.policy.message_timeout);
-        match (partial, self.accept_paused_until) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
-    }
-
-    fn expire(&mut self, now: Instant) {
+    /// Acts on every deadline that has passed (closing connections whose message is late,
+    /// resuming a paused accept) and returns the next one, in one pass over the connections.
+    fn expire(&mut self, now: Instant) -> Option<Instant> {
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             if let Err(e) = self.epoll.modify(&self.listener, LISTENER, READABLE) {
@@ -161,12 +156,16 @@ impl Server {
             }
         }
         let timeout = self.policy.message_timeout;
-        let late: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.started.is_some_and(|s| now >= s + timeout))
-            .map(|(id, _)| *id)
-            .collect();
+        let mut late = Vec::new();
+        let mut next = self.accept_paused_until;
+        for (id, c) in &self.conns {
+            let Some(deadline) = c.started.map(|s| s + timeout) else { continue };
+            if now >= deadline {
+                late.push(*id);
+            } else if next.is_none_or(|n| deadline < n) {
+                next = Some(deadline);
+            }
+        }
         for id in late {
             let Some(c) = self.conns.get_mut(&id) else { continue };
             log::log(
@@ -178,6 +177,7 @@ impl Server {
             fail_framing(c, &reason);
             self.service(id);
         }
+        next
     }
 
     fn accept_all(&mut self) {
