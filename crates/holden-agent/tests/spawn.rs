@@ -62,15 +62,22 @@ fn bad_cwd_is_spawn_failed_at_cwd() {
     assert_no_children(agent.pid());
 }
 
-fn fd_listing(spawn: impl FnOnce(&mut holden::Command) -> holden::Child) -> Vec<String> {
+/// Runs `cmd` (spawned by `spawn`) with stdout on a pipe; returns what it wrote, once it has
+/// ended successfully.
+fn stdout_of(cmd: &mut holden::Command, spawn: impl FnOnce(&mut holden::Command) -> holden::Child) -> String {
     let (r, w) = pipe();
-    let mut cmd = holden::Command::new("ls");
-    cmd.arg("/proc/self/fd").stdout(w);
-    let mut child = spawn(&mut cmd);
-    drop(cmd); // our copy of the write end
+    cmd.stdout(w);
+    let mut child = spawn(cmd);
+    // Drop our copy of the write end, or reading would never see the end.
+    cmd.stdout(holden::Stdio::null());
     let out = read_all(r);
-    assert!(child.wait().unwrap().success());
-    out.lines().map(str::to_owned).collect()
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}: {out}");
+    out
+}
+
+fn fd_listing(spawn: impl FnOnce(&mut holden::Command) -> holden::Child) -> Vec<String> {
+    stdout_of(holden::Command::new("ls").arg("/proc/self/fd"), spawn).lines().map(str::to_owned).collect()
 }
 
 #[test]
@@ -112,13 +119,9 @@ fn default_stdin_is_dev_null_and_null_stdout_discards() {
     require_root();
     let agent = TestAgent::start(&[]);
     let mut client = agent.client();
-    let (r, w) = pipe();
     let mut cmd = holden::Command::new("sh");
-    cmd.args(["-c", "cat; readlink /proc/self/fd/0"]).stdout(w);
-    let mut child = cmd.spawn_via(&mut client).unwrap();
-    drop(cmd);
-    assert_eq!(read_all(r), "/dev/null\n");
-    assert!(child.wait().unwrap().success());
+    let out = stdout_of(cmd.args(["-c", "cat; readlink /proc/self/fd/0"]), |c| c.spawn_via(&mut client).unwrap());
+    assert_eq!(out, "/dev/null\n");
     let mut child =
         holden::Command::new("echo").arg("gone").stdout(holden::Stdio::null()).spawn_via(&mut client).unwrap();
     assert!(child.wait().unwrap().success());
@@ -131,13 +134,7 @@ fn environment_directory_umask_limits_and_session() {
     let mut client = agent.client();
     let script = "echo \"$A|$B|${HOME-unset}\"; pwd; umask; ulimit -n; ps -o sid= -p $$ | tr -d ' '; echo $$";
     let run = |cmd: &mut holden::Command, client: &mut holden::Agent| {
-        let (r, w) = pipe();
-        cmd.stdout(w);
-        let mut child = cmd.spawn_via(client).unwrap();
-        cmd.stdout(holden::Stdio::null());
-        let out = read_all(r);
-        assert!(child.wait().unwrap().success(), "{out}");
-        out.lines().map(str::to_owned).collect::<Vec<_>>()
+        stdout_of(cmd, |c| c.spawn_via(client).unwrap()).lines().map(str::to_owned).collect::<Vec<_>>()
     };
     let mut cmd = holden::Command::new("sh");
     cmd.args(["-c", script])
@@ -167,14 +164,10 @@ fn children_keep_the_agents_original_descriptor_limit() {
     require_root();
     let agent = TestAgent::start(&[]);
     let mut client = agent.client();
-    let (r, w) = pipe();
-    let mut cmd = holden::Command::new("sh");
-    cmd.args(["-c", "ulimit -Sn"]).stdout(w);
-    let mut child = cmd.spawn_via(&mut client).unwrap();
-    drop(cmd);
-    let ours = holden_sys::fd::getrlimit(7).unwrap().0; // RLIMIT_NOFILE
-    assert_eq!(read_all(r).trim(), ours.to_string());
-    child.wait().unwrap();
+    let out = stdout_of(holden::Command::new("sh").args(["-c", "ulimit -Sn"]), |c| c.spawn_via(&mut client).unwrap());
+    let nofile = holden_sys::process::rlimit_resource("nofile").unwrap();
+    let ours = holden_sys::fd::getrlimit(nofile).unwrap().0;
+    assert_eq!(out.trim(), ours.to_string());
 }
 
 #[test]
@@ -182,13 +175,9 @@ fn signal_dispositions_and_mask_are_reset() {
     require_root();
     let agent = TestAgent::start(&[]);
     let mut client = agent.client();
-    let (r, w) = pipe();
     let mut cmd = holden::Command::new("grep");
-    cmd.args(["-E", "^Sig(Blk|Ign)", "/proc/self/status"]).stdout(w);
-    let mut child = cmd.spawn_via(&mut client).unwrap();
-    drop(cmd);
-    let out = read_all(r);
-    child.wait().unwrap();
+    cmd.args(["-E", "^Sig(Blk|Ign)", "/proc/self/status"]);
+    let out = stdout_of(&mut cmd, |c| c.spawn_via(&mut client).unwrap());
     assert_eq!(out, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
 }
 
