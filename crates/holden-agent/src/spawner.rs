@@ -63,11 +63,11 @@ impl Spawner {
         };
         let argv = p.argv.iter().map(|a| cstring("argv", a)).collect::<Result<Vec<_>, _>>()?;
         let built;
-        let envp = if p.env.is_none() && p.env_update.is_none() {
-            &self.envp
+        let (envp, path) = if p.env.is_none() && p.env_update.is_none() {
+            (&self.envp, self.path.as_deref())
         } else {
             built = self.build_env(p)?;
-            &built
+            (&built, built.iter().find_map(|e| e.as_bytes().strip_prefix(b"PATH=")))
         };
         let cwd = p.cwd.as_deref().map(|c| cstring("cwd", c)).transpose()?;
         let fd = |i: Option<u32>| i.map(|i| fds[i as usize].as_fd());
@@ -89,7 +89,7 @@ impl Spawner {
                 rlimits.push(*d);
             }
         }
-        self.run(&argv, envp, cwd.as_deref(), stdio, p.setsid.unwrap_or(false), p.umask, &rlimits)
+        self.run(&argv, envp, path, cwd.as_deref(), stdio, p.setsid.unwrap_or(false), p.umask, &rlimits)
     }
 
     /// Spawns a v0.2 START_PROCESS: `name` looked up in PATH, argv `[name, args...]`, the
@@ -100,7 +100,7 @@ impl Spawner {
             .map(|a| CString::new(a).expect("legacy strings end at their NUL"))
             .collect::<Vec<_>>();
         let stdio = [Some(self.devnull.as_fd()), None, None];
-        self.run(&argv, &self.envp, None, stdio, false, None, &self.default_rlimits)
+        self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, false, None, &self.default_rlimits)
     }
 
     fn build_env(&self, p: &SpawnParams) -> Result<Vec<CString>, AgentError> {
@@ -130,6 +130,7 @@ impl Spawner {
         &self,
         argv: &[CString],
         envp: &[CString],
+        path: Option<&[u8]>,
         cwd: Option<&CStr>,
         stdio: [Option<BorrowedFd<'_>>; 3],
         setsid: bool,
@@ -137,11 +138,7 @@ impl Spawner {
         rlimits: &[Rlimit],
     ) -> Result<Spawned, AgentError> {
         let program = argv[0].as_bytes();
-        let path = if std::ptr::eq(envp, self.envp.as_slice()) {
-            self.path.as_deref()
-        } else {
-            envp.iter().find_map(|e| e.as_bytes().strip_prefix(b"PATH="))
-        };
+        // PATH lookup uses the child's own PATH, as std::process::Command does.
         let candidates = process::exec_candidates(program, path);
         let spec = SpawnSpec { candidates: &candidates, argv, envp, cwd, stdio, setsid, umask, rlimits };
         process::spawn(&spec).map_err(|e| {
