@@ -141,6 +141,10 @@ pub struct Config {
     pub control_socket: Option<PathBuf>,
     /// Where logs and the state file go, if set in the file.
     pub state_dir: Option<PathBuf>,
+    /// A service's log file is rotated when it would grow past this many bytes.
+    pub log_max_size: u64,
+    /// How many rotated log files are kept per service (`NAME.log.1` is the newest).
+    pub log_keep: u32,
     /// Agents by name.
     pub agents: BTreeMap<String, Agent>,
     /// Services by name.
@@ -163,6 +167,8 @@ struct RawConfig {
 struct RawOrchestrator {
     control_socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    log_max_size: Option<Spanned<u64>>,
+    log_keep: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -294,6 +300,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         if s.command.get_ref().first().is_none_or(String::is_empty) {
             return Err(at(s.command.span(), format!("service {n}: the command is empty")));
         }
+        if s.command.get_ref().iter().any(|a| a.contains('\0')) {
+            return Err(at(s.command.span(), format!("service {n}: an argument holds a NUL byte")));
+        }
+        if let Some(k) = s.env.keys().chain(s.env.values()).find(|k| k.contains('\0')) {
+            return Err(at(name.span(), format!("service {n}: env {k:?} holds a NUL byte")));
+        }
+        if let Some(k) = s.env.keys().find(|k| k.is_empty() || k.contains('=')) {
+            return Err(at(name.span(), format!("service {n}: env name {k:?} is empty or holds '='")));
+        }
         if let Some(a) = &s.agent {
             if !raw.agents.contains_key(a.get_ref()) {
                 return Err(at(a.span(), format!("service {n}: unknown agent {:?}", a.get_ref())));
@@ -364,9 +379,21 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let dep = s.depends_on.iter().find(|d| *d.get_ref() == cycle[1]).map_or(name.span(), |d| d.span());
         return Err(at(dep, format!("dependency cycle: {}", cycle.join(" -> "))));
     }
+    let log_max_size = match &raw.orchestrator.log_max_size {
+        None => 1024 * 1024,
+        Some(v) if *v.get_ref() >= 1024 => *v.get_ref(),
+        Some(v) => return Err(at(v.span(), "log_max_size must be at least 1024 bytes".into())),
+    };
+    let log_keep = match &raw.orchestrator.log_keep {
+        None => 3,
+        Some(v) if (1..=100).contains(v.get_ref()) => *v.get_ref(),
+        Some(v) => return Err(at(v.span(), "log_keep must be from 1 to 100".into())),
+    };
     Ok(Config {
         control_socket: raw.orchestrator.control_socket,
         state_dir: raw.orchestrator.state_dir,
+        log_max_size,
+        log_keep,
         agents: raw.agents.into_iter().map(|(k, a)| (k, Agent { socket: a.socket })).collect(),
         services,
     })
@@ -486,6 +513,9 @@ kill_mode = "group"
             ("[services.a]\ncommand = [\"x\"]\nbackoff = { factor = 0.5 }\n", 3, 22, "factor"),
             ("[services.a]\ncommand = [\"x\"]\n[services.a]\n", 3, 11, "duplicate"),
             ("this is not toml", 1, 6, ""),
+            ("[orchestrator]\nlog_max_size = 10\n", 2, 16, "at least 1024"),
+            ("[services.a]\ncommand = [\"x\"]\nenv = { \"A=B\" = \"1\" }\n", 1, 11, "holds '='"),
+            ("[services.a]\ncommand = [\"x\\u0000\"]\n", 2, 11, "NUL"),
         ];
         for (text, line, column, needle) in cases {
             let e = p(text).unwrap_err();

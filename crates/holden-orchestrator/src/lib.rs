@@ -4,7 +4,9 @@
 //!   and column;
 //! - [`machine`] is the per-service supervision logic as one pure transition function,
 //!   `next(policy, service, event, now) -> (service, actions)`, driven by a fake clock in its
-//!   tests.
+//!   tests;
+//! - [`control`] is the control socket's contract, Varlink `io.holden.Orchestrator`: its
+//!   interface description, types, errors and the checked decoding of every call.
 //!
 //! What it deliberately does not do: spawn, poll, signal, log or talk to sockets. The event
 //! loop that feeds events in and carries actions out is the `holden` command's job.
@@ -12,4 +14,5 @@
 #![deny(missing_docs)]
 
 pub mod config;
+pub mod control;
 pub mod machine;

@@ -78,6 +78,9 @@ pub enum Exit {
     Code(i32),
     /// Killed by this signal.
     Signal(i32),
+    /// Ended, but how is not known: an adopted process whose status the kernel no longer
+    /// holds (no `PIDFD_INFO_EXIT`, or not reaped by its parent). Counts as a failure.
+    Unknown,
 }
 
 impl Exit {
@@ -107,6 +110,12 @@ pub enum Event {
     },
     /// The process ended (its pidfd became readable and the status was read).
     Exited(Exit),
+    /// A process found running at start-up (left by an orchestrator that did not shut down
+    /// cleanly, and proven to be the same process) is taken over as this service's.
+    Adopted {
+        /// Its pid.
+        pid: i32,
+    },
     /// A timer the service armed has fired (spurious ones are ignored).
     Timer,
 }
@@ -121,6 +130,9 @@ pub enum Action {
     /// Wake the service with `Timer` at this time.
     ArmTimer(Instant),
 }
+
+/// The shortest delay between attempts to reach an agent that does not answer.
+pub const TRANSIENT_RETRY: Duration = Duration::from_millis(100);
 
 const SIGKILL: i32 = 9;
 const SIGCONT: i32 = 18;
@@ -186,7 +198,11 @@ impl Service {
         acts.push(Action::Spawn);
     }
 
-    fn back_off(&mut self, now: Instant, acts: &mut Vec<Action>) {
+    /// Waits the current delay, then starts; with no delay, starts at once.
+    fn back_off(&mut self, p: &Policy, now: Instant, acts: &mut Vec<Action>) {
+        if self.delay.is_zero() {
+            return self.try_start(p, now, acts);
+        }
         let until = now + self.delay;
         self.deadline = Some(until);
         self.set(State::BackingOff, now);
@@ -274,12 +290,14 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                 if s.wanted == Wanted::Down {
                     s.set(State::Stopped, now);
                 } else {
-                    if transient {
-                        // The agent is away: not the service's fault, so no start is counted.
-                        s.starts.pop_back();
-                    }
                     s.grow_delay(&p.backoff);
-                    s.back_off(now, &mut acts);
+                    if transient {
+                        // The agent is away: not the service's fault, so no start is counted,
+                        // and it is asked again no more often than every TRANSIENT_RETRY.
+                        s.starts.pop_back();
+                        s.delay = s.delay.max(TRANSIENT_RETRY);
+                    }
+                    s.back_off(p, now, &mut acts);
                 }
             }
         }
@@ -310,12 +328,20 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                         s.try_start(p, now, &mut acts);
                     } else if s.may_start(&p.start_limit, now) {
                         s.grow_delay(&p.backoff);
-                        s.back_off(now, &mut acts);
+                        s.back_off(p, now, &mut acts);
                     } else {
                         // No start is left: park at once rather than after the delay.
                         s.fail(now);
                     }
                 }
+            }
+        }
+        Event::Adopted { pid } => {
+            if s.state == State::Stopped {
+                s.wanted = Wanted::Up;
+                s.started_once = true;
+                s.pid = Some(pid);
+                s.set(State::Running, now);
             }
         }
         Event::Timer => match s.state {
@@ -503,6 +529,34 @@ mod tests {
             r.at(t, Event::Timer);
         }
         assert_eq!(r.s.state, State::Failed);
+    }
+
+    #[test]
+    fn zero_backoff_restarts_in_the_same_step() {
+        let mut r = Run::new(Restart::Always);
+        r.p.backoff.initial = Duration::ZERO;
+        r.at(0, Event::Start);
+        r.at(0, Event::Spawned { pid: 1 });
+        assert_eq!(r.at(5, Event::Exited(Exit::Signal(9))), [Action::Spawn]);
+        assert_eq!((r.s.state, r.s.restarts), (State::Starting, 1));
+        // An unreachable agent is still asked no more often than TRANSIENT_RETRY.
+        let acts = r.at(6, Event::SpawnFailed { error: "refused".into(), transient: true });
+        assert_eq!(acts, [Action::ArmTimer(r.ms(6) + TRANSIENT_RETRY)]);
+    }
+
+    #[test]
+    fn an_adopted_process_is_running_and_restarted_when_it_ends_unknown() {
+        let mut r = Run::new(Restart::OnFailure);
+        assert_eq!(r.at(0, Event::Adopted { pid: 42 }), []);
+        assert_eq!((r.s.state, r.s.pid, r.s.wanted), (State::Running, Some(42), Wanted::Up));
+        let acts = r.at(10, Event::Exited(Exit::Unknown));
+        assert_eq!(acts, [Action::ArmTimer(r.ms(110))]);
+        assert_eq!(r.s.last_exit, Some(Exit::Unknown));
+        // Adoption only takes a service that has nothing running.
+        let mut r = Run::new(Restart::OnFailure);
+        r.at(0, Event::Start);
+        r.at(0, Event::Adopted { pid: 9 });
+        assert_eq!(r.s.state, State::Starting);
     }
 
     #[test]

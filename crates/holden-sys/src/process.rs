@@ -538,3 +538,99 @@ pub fn set_child_subreaper() -> io::Result<()> {
     cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
 }
+
+/// Sends `signal` to the process group led by the process behind `pidfd`.
+///
+/// Uses `pidfd_send_signal(2)` with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), which names the
+/// group through the pidfd and so cannot hit a recycled pid. Older kernels answer EINVAL; then
+/// it checks the leader is still there (signal 0 through the pidfd) and falls back to
+/// `kill(-pgid)`, where `pgid` is the leader's pid as this process sees it.
+/// Man page: <https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html>.
+pub fn pidfd_send_signal_group(pidfd: impl AsFd, pgid: i32, signal: i32) -> io::Result<()> {
+    const PIDFD_SIGNAL_PROCESS_GROUP: u32 = 1 << 2;
+    let fd = pidfd.as_fd().as_raw_fd();
+    // SAFETY: plain system call; a null siginfo means "as if by kill(2)".
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            PIDFD_SIGNAL_PROCESS_GROUP,
+        )
+    };
+    match cvt_long(r) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pgid > 1 => {
+            pidfd_send_signal(pidfd.as_fd(), 0)?;
+            // SAFETY: plain system call; a negative pid names a process group.
+            cvt(unsafe { libc::kill(-pgid, signal) })?;
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The identity of the process behind `pidfd` that stays unique for the whole boot: the inode
+/// number of the pidfd on kernels with pidfs (Linux 6.9), found with `fstatfs(2)` and
+/// `fstat(2)`. Returns `Ok(None)` on older kernels, where pidfds share one anonymous inode and
+/// callers fall back to the start time in `/proc/PID/stat`.
+/// Man page: <https://man7.org/linux/man-pages/man2/pidfd_open.2.html>.
+pub fn pidfs_inode(pidfd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
+    const PIDFS_MAGIC: i64 = 0x5049_4446;
+    // SAFETY: statfs is plain data, filled by the call.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid out-pointer; the fd is borrowed for the call.
+    cvt(unsafe { libc::fstatfs(pidfd.as_raw_fd(), &mut fs) })?;
+    if fs.f_type as i64 != PIDFS_MAGIC {
+        return Ok(None);
+    }
+    // SAFETY: stat is plain data, filled by the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; the fd is borrowed for the call.
+    cvt(unsafe { libc::fstat(pidfd.as_raw_fd(), &mut st) })?;
+    Ok(Some(st.st_ino))
+}
+
+/// The pid of an exited child that is waiting to be reaped, without reaping it:
+/// `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`. `Ok(None)` if there is none.
+/// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
+pub fn peek_exited_child() -> io::Result<Option<i32>> {
+    // SAFETY: as in `wait_pidfd`.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    loop {
+        // SAFETY: `info` is a valid out-pointer.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
+        match cvt(r) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: as in `wait_pidfd`.
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then_some(pid))
+}
+
+/// Reaps the exited child `pid`: `waitid(P_PID, pid, WEXITED | WNOHANG)`.
+/// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
+pub fn reap_pid(pid: i32) -> io::Result<Option<Exit>> {
+    // SAFETY: as in `wait_pidfd`.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `info` is a valid out-pointer.
+        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
+        match cvt(r) {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: as in `wait_pidfd`.
+    if unsafe { info.si_pid() } == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Exit::from_siginfo(&info)))
+}
