@@ -12,7 +12,7 @@
 #![deny(missing_docs)]
 
 mod args;
-mod listen;
+pub mod listen;
 mod log;
 mod server;
 mod spawner;

@@ -1,4 +1,5 @@
-//! The listening socket: systemd's, or one the agent binds (and later removes).
+//! The listening socket: systemd's, or one the agent binds (and later removes). Public so that
+//! the orchestrator's control socket follows the same rules.
 
 use std::fs;
 use std::io;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// Where the agent listens.
 pub struct Listening {
+    /// The socket.
     pub listener: UnixListener,
     /// The socket file the agent created and must remove; `None` under socket activation.
     pub owned_path: Option<PathBuf>,
@@ -16,9 +18,13 @@ pub struct Listening {
 /// Errors that stop the agent from listening, each naming the path.
 #[derive(Debug)]
 pub enum ListenError {
+    /// Something answers on the path: it is not stale.
     AlreadyServed(PathBuf),
+    /// The path exists and is not a socket; it is left alone.
     NotASocket(PathBuf),
+    /// A step failed: what, and why.
     Io(String, io::Error),
+    /// `--socket-group` names no group.
     UnknownGroup(String),
 }
 

@@ -2,9 +2,11 @@
 //! dispatches.
 #![forbid(unsafe_code)]
 
+mod ctl;
 mod demo;
 mod exec;
 mod query;
+mod up;
 
 use std::process::ExitCode;
 
@@ -14,17 +16,31 @@ holden: process lifecycles across container boundaries, through pidfds
 Usage: holden <COMMAND> [ARGS]
 
 Commands:
-  demo     run a demonstration: an agent in its own namespaces, and a client that spawns,
-           signals and reaps through it (about 10 seconds)
+  demo     run a demonstration (about 20 seconds): an agent in its own namespaces and the
+           orchestrator supervising services through it, with a live status view
+  up       run the supervisor in the foreground       [-c FILE]
+  status   list services and their state              [--json] [NAME]...
+  start    start services                             NAME...
+  stop     stop services                              NAME...
+  restart  restart services                           NAME...
+  kill     signal a service                           [-s SIGNAL] NAME
+  logs     print a service's captured log             [-f] [-n N] NAME
+  events   print state changes as they happen         [--json]
+  reload   apply the configuration file again
+  check    validate a configuration file              [-c FILE]
   exec     run a command through an agent, like `podman exec` (see `holden exec --help`)
-  ping     check that an agent answers        [--agent PATH]
+  ping     check that an agent answers                [--agent PATH]
   info     print an agent's version and kernel features   [--agent PATH]
   agent    run an agent (the same program as holden-agent; see `holden agent --help`)
 
-The agent socket is --agent PATH, else $HOLDEN_SOCKET_PATH, else /run/holden/agent.sock.
+Each command has --help. The agent socket is --agent PATH, else $HOLDEN_SOCKET_PATH, else
+/run/holden/agent.sock. The orchestrator's control socket is --control-socket PATH, else
+$HOLDEN_CONTROL_SOCKET, else the configuration's, else /run/holden/orchestrator.sock (root) or
+$XDG_RUNTIME_DIR/holden/orchestrator.sock.
 
-Exit status: 0 on success, 1 when the command failed, 2 on a usage error; `holden exec` exits
-with the command's own status (see `holden exec --help`).
+Exit status: 0 on success, 1 when the command failed, 2 on a usage error, 3 when the
+orchestrator does not answer (status, start, stop, restart, kill, logs, events, reload);
+`holden exec` exits with the command's own status (see `holden exec --help`).
 ";
 
 fn main() -> ExitCode {
@@ -37,6 +53,9 @@ fn main() -> ExitCode {
     match cmd.as_str() {
         "demo" => demo::main(rest),
         "exec" => exec::main(rest),
+        "up" => up::main(rest),
+        "check" => ctl::check(rest),
+        "status" | "start" | "stop" | "restart" | "kill" | "logs" | "events" | "reload" => ctl::main(&cmd, rest),
         "ping" | "info" => query::main(&cmd, rest),
         "agent" => holden_agent::main_with_args(rest),
         "-h" | "--help" | "help" => {

@@ -1,0 +1,379 @@
+//! The commands that talk to a running orchestrator over its control socket: `holden status`,
+//! `start`, `stop`, `restart`, `kill`, `logs`, `events`, `reload`; and `holden check`, which
+//! only reads a configuration file.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use holden_orchestrator::config;
+use holden_orchestrator::control::{ControlError, ReloadReply, ServiceStatus, StateChange, INTERFACE};
+use serde_json::Value;
+
+const COMMON: &str = "\
+Options:
+  --control-socket PATH  the orchestrator's socket; else $HOLDEN_CONTROL_SOCKET, else the
+                         control_socket of -c FILE, else /run/holden/orchestrator.sock (root)
+                         or $XDG_RUNTIME_DIR/holden/orchestrator.sock
+  -c, --config FILE      read the control socket's path from this configuration
+  -h, --help             this text
+
+Exit status: 0 on success; 1 when the orchestrator reports an error (no such service,
+permission denied, reload failed...); 2 on a usage error; 3 when no orchestrator answers.
+";
+
+const UNREACHABLE: u8 = 3;
+
+fn usage(cmd: &str) -> &'static str {
+    match cmd {
+        "status" => "Usage: holden status [--json] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent. With --json, a JSON array of objects with the keys name, state, wanted, pid (null when\nnot running), since_ms, restarts, last_exit, last_error and agent.\n",
+        "start" => "Usage: holden start NAME...\n\nAsks for services to be up; a failed or exited service starts afresh.\n",
+        "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
+        "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
+        "kill" => "Usage: holden kill [-s SIGNAL] NAME\n\nSends SIGNAL (default SIGTERM; a name such as SIGHUP or HUP, or a number) to a running\nservice, or to its process group with kill_mode = \"group\". The restart policy then applies.\n",
+        "logs" => "Usage: holden logs [-f] [-n N] NAME\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted.\n",
+        "events" => "Usage: holden events [--json]\n\nPrints every state change as it happens, until interrupted.\n",
+        "reload" => "Usage: holden reload\n\nReads the configuration again and applies it: added services start, removed ones stop,\nchanged ones restart with the new settings, unchanged ones are not touched. If the file does\nnot load, nothing changes and the error names file, line and column.\n",
+        _ => "",
+    }
+}
+
+struct Args {
+    socket: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    follow: bool,
+    lines: Option<u32>,
+    signal: Option<i32>,
+    names: Vec<String>,
+}
+
+fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
+    let mut a =
+        Args { socket: None, config: None, json: false, follow: false, lines: None, signal: None, names: Vec::new() };
+    let mut i = 0;
+    while i < args.len() {
+        let arg = args[i].clone();
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let mut value = || -> Result<String, String> {
+            if let Some(v) = inline.clone() {
+                return Ok(v);
+            }
+            i += 1;
+            args.get(i).cloned().ok_or_else(|| format!("{flag} needs a value"))
+        };
+        match (cmd, flag.as_str()) {
+            (_, "-h" | "--help") => return Ok(None),
+            (_, "--control-socket") => a.socket = Some(value()?.into()),
+            (_, "-c" | "--config") => a.config = Some(value()?.into()),
+            ("status" | "events", "--json") => a.json = true,
+            ("logs", "-f" | "--follow") => a.follow = true,
+            ("logs", "-n" | "--lines") => {
+                let v = value()?;
+                a.lines = Some(v.parse().map_err(|_| format!("-n: {v:?} is not a line count"))?);
+            }
+            ("kill", "-s" | "--signal") => a.signal = Some(config::parse_signal(&value()?)?),
+            (_, "--") => {
+                a.names.extend(args[i + 1..].iter().cloned());
+                break;
+            }
+            (_, f) if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f:?}")),
+            _ => a.names.push(arg),
+        }
+        i += 1;
+    }
+    let n = a.names.len();
+    match cmd {
+        "start" | "stop" | "restart" if n == 0 => Err("name at least one service".into()),
+        "kill" | "logs" if n != 1 => Err("name exactly one service".into()),
+        "events" | "reload" if n != 0 => Err(format!("{cmd} takes no names")),
+        _ => Ok(Some(a)),
+    }
+}
+
+type Params = serde_json::Map<String, Value>;
+
+/// A blocking Varlink client for the control socket.
+struct Client {
+    stream: UnixStream,
+    buf: Vec<u8>,
+}
+
+enum Failure {
+    Unreachable(String),
+    Refused(ControlError),
+    Broken(String),
+}
+
+impl Client {
+    fn connect(a: &Args) -> Result<Client, Failure> {
+        let from_config = match &a.config {
+            Some(f) => config::load(f).map_err(|e| Failure::Unreachable(e.to_string()))?.control_socket,
+            None => None,
+        };
+        let path = crate::up::control_socket_path(a.socket.as_deref(), from_config.as_deref());
+        let stream = UnixStream::connect(&path)
+            .map_err(|e| Failure::Unreachable(format!("connect to orchestrator at {}: {e}", path.display())))?;
+        Ok(Client { stream, buf: Vec::new() })
+    }
+
+    fn send(&mut self, method: &str, params: Value, more: bool) -> Result<(), Failure> {
+        let msg = holden_proto::encode_call(&format!("{INTERFACE}.{method}"), &params, more);
+        self.stream.write_all(&msg).map_err(|e| Failure::Broken(format!("send: {e}")))
+    }
+
+    /// The next reply's parameters and whether more follow; `None` when the orchestrator
+    /// closed the connection.
+    fn recv(&mut self) -> Result<Option<(Params, bool)>, Failure> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|&b| b == 0) {
+                let msg: Vec<u8> = self.buf.drain(..=end).collect();
+                let r = holden_proto::parse_reply(&msg[..end]).map_err(|e| Failure::Broken(e.to_string()))?;
+                if let Some(name) = r.error {
+                    return Err(Failure::Refused(ControlError::from_wire(&name, &r.parameters)));
+                }
+                return Ok(Some((r.parameters, r.continues)));
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(None),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Failure::Broken(format!("receive: {e}"))),
+            }
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Result<Params, Failure> {
+        self.send(method, params, false)?;
+        match self.recv()? {
+            Some((p, _)) => Ok(p),
+            None => Err(Failure::Broken("the orchestrator closed the connection".into())),
+        }
+    }
+}
+
+fn field<T: serde::de::DeserializeOwned>(p: &Params, key: &str) -> Result<T, Failure> {
+    serde_json::from_value(p.get(key).cloned().unwrap_or(Value::Null))
+        .map_err(|e| Failure::Broken(format!("malformed reply ({key}): {e}")))
+}
+
+pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
+    let a = match parse(cmd, args) {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            print!("{}\n{COMMON}", usage(cmd));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("holden {cmd}: {e} (see holden {cmd} --help)");
+            return ExitCode::from(2);
+        }
+    };
+    match run(cmd, &a) {
+        Ok(code) => code,
+        Err(Failure::Unreachable(e)) => {
+            eprintln!("holden {cmd}: {e}");
+            ExitCode::from(UNREACHABLE)
+        }
+        Err(Failure::Refused(e)) => {
+            eprintln!("holden {cmd}: {e}");
+            ExitCode::from(1)
+        }
+        Err(Failure::Broken(e)) => {
+            eprintln!("holden {cmd}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
+    let mut c = Client::connect(a)?;
+    match cmd {
+        "status" => {
+            let list: Vec<ServiceStatus> = if a.names.is_empty() {
+                field(&c.call("List", serde_json::json!({}))?, "services")?
+            } else {
+                let mut v = Vec::new();
+                for n in &a.names {
+                    v.push(field(&c.call("Status", serde_json::json!({ "name": n }))?, "service")?);
+                }
+                v
+            };
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&list).expect("plain structs"));
+            } else {
+                print!("{}", table(&list));
+            }
+        }
+        "start" | "stop" | "restart" => {
+            let method = match cmd {
+                "start" => "Start",
+                "stop" => "Stop",
+                _ => "Restart",
+            };
+            c.call(method, serde_json::json!({ "names": a.names }))?;
+        }
+        "kill" => {
+            let signal = a.signal.unwrap_or(libc::SIGTERM);
+            c.call("Kill", serde_json::json!({ "name": a.names[0], "signal": signal }))?;
+        }
+        "reload" => {
+            let r: ReloadReply = serde_json::from_value(Value::Object(c.call("Reload", serde_json::json!({}))?))
+                .map_err(|e| Failure::Broken(format!("malformed reply: {e}")))?;
+            let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
+            println!("added: {}\nremoved: {}\nchanged: {}", list(&r.added), list(&r.removed), list(&r.changed));
+        }
+        "logs" => {
+            let params = serde_json::json!({ "name": a.names[0], "lines": a.lines.unwrap_or(10) });
+            c.send("Logs", params, a.follow)?;
+            let mut out = std::io::stdout().lock();
+            while let Some((p, continues)) = c.recv()? {
+                let lines: Vec<String> = field(&p, "lines")?;
+                for l in lines {
+                    if writeln!(out, "{l}").and_then(|_| out.flush()).is_err() {
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                }
+                if !continues {
+                    break;
+                }
+            }
+        }
+        "events" => {
+            c.send("Events", serde_json::json!({}), true)?;
+            let mut out = std::io::stdout().lock();
+            while let Some((p, _)) = c.recv()? {
+                let e: StateChange = field(&p, "event")?;
+                let line = if a.json {
+                    serde_json::to_string(&e).expect("plain struct")
+                } else {
+                    let mut l = format!("{} {} {}", e.time, e.service, e.state);
+                    if let Some(pid) = e.pid {
+                        l += &format!(" pid {pid}");
+                    }
+                    if let Some(x) = &e.last_exit {
+                        l += &format!(" (last exit: {x})");
+                    }
+                    l
+                };
+                if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+        _ => unreachable!("dispatched by main"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `1h02m`, `3m04s`, `5.2s`.
+pub fn human(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..=59 => format!("{}.{}s", s, ms % 1000 / 100),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..=86_399 => format!("{}h{:02}m", s / 3600, s / 60 % 60),
+        _ => format!("{}d{:02}h", s / 86_400, s / 3600 % 24),
+    }
+}
+
+/// The status table.
+pub fn table(list: &[ServiceStatus]) -> String {
+    let rows: Vec<[String; 7]> = list
+        .iter()
+        .map(|s| {
+            let dash = || "-".to_string();
+            [
+                s.name.clone(),
+                if s.wanted == "down" && s.state != "stopped" {
+                    format!("{} (down)", s.state)
+                } else {
+                    s.state.clone()
+                },
+                s.pid.map_or_else(dash, |p| p.to_string()),
+                if s.state == "running" { human(s.since_ms) } else { dash() },
+                s.restarts.to_string(),
+                match (&s.last_exit, &s.last_error) {
+                    (_, Some(e)) if s.state != "running" => e.clone(),
+                    (Some(x), _) => x.clone(),
+                    _ => dash(),
+                },
+                s.agent.clone().unwrap_or_else(|| "(local)".into()),
+            ]
+        })
+        .collect();
+    let head = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT"];
+    let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in width.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
+            if i + 1 == cells.len() {
+                l += c;
+            } else {
+                l += &format!("{c:<w$}  ");
+            }
+        }
+        out += l.trim_end();
+        out += "\n";
+    };
+    line(head.to_vec());
+    for r in &rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// `holden check [-c FILE]`: validates a configuration without running anything.
+pub fn check(args: Vec<String>) -> ExitCode {
+    let mut file = PathBuf::from(crate::up::DEFAULT_CONFIG);
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-h" | "--help" => {
+                println!(
+                    "Usage: holden check [-c FILE]\n\nChecks a configuration (default {}) and prints its services in start order.\nErrors name the file, line and column.\n\nExit status: 0 when valid, 1 when not, 2 on a usage error.",
+                    crate::up::DEFAULT_CONFIG
+                );
+                return ExitCode::SUCCESS;
+            }
+            "-c" | "--config" if i + 1 < args.len() => {
+                i += 1;
+                file = args[i].clone().into();
+            }
+            a if a.starts_with("--config=") => file = a["--config=".len()..].into(),
+            a => {
+                eprintln!("holden check: unexpected argument {a:?} (see holden check --help)");
+                return ExitCode::from(2);
+            }
+        }
+        i += 1;
+    }
+    match config::load(&file) {
+        Ok(c) => {
+            let order = config::start_order(&c.services);
+            println!(
+                "{}: ok: {} services ({}), {} agents",
+                file.display(),
+                order.len(),
+                order.join(", "),
+                c.agents.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}
