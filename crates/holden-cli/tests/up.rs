@@ -1,0 +1,410 @@
+//! `holden up` and the commands that drive it, against real processes and a real agent.
+//! Needs root (the unprivileged-caller test switches to uid 65534).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A service that runs until stopped and writes its start and stop into `file`.
+fn recorder(name: &str, file: &std::path::Path, deps: &[&str]) -> String {
+    format!(
+        "[services.{name}]\ncommand = [\"sh\", \"-c\", \"echo start {name} >> {f}; trap 'echo stop {name} >> {f}; exit 0' TERM; while :; do sleep 0.05; done\"]\ndepends_on = {deps:?}\n",
+        f = file.display()
+    )
+}
+
+#[test]
+fn a_crashing_service_restarts_with_the_configured_backoff_then_fails_at_the_start_limit() {
+    let dir = Dir::new("backoff");
+    let up = Up::start(
+        &dir,
+        r#"
+[services.crash]
+command = ["sh", "-c", "exit 3"]
+backoff = { initial = "100ms", max = "400ms", factor = 2.0 }
+start_limit = { burst = 5, interval = "60s" }
+"#,
+    );
+    let s = up.wait_state("crash", "failed");
+    assert_eq!(
+        (s["restarts"].as_u64(), s["last_exit"].as_str(), &s["pid"]),
+        (Some(4), Some("code 3"), &serde_json::Value::Null)
+    );
+    let out = up.output();
+    let backoffs = events(&out, "crash: backing-off");
+    let starts = events(&out, "crash: starting");
+    assert_eq!((starts.len(), backoffs.len()), (5, 4), "{out}");
+    for (i, want) in [100, 200, 400, 400].into_iter().enumerate() {
+        let waited = starts[i + 1].0 - backoffs[i].0;
+        assert!(waited >= want - 1 && waited < want + 150, "delay {i}: {waited} ms, want {want}\n{out}");
+    }
+    // A start by hand begins anew.
+    assert!(up.cli(&["start", "crash"]).status.success());
+    up.wait_for("crash", "restarted by hand", |s| s["restarts"].as_u64() == Some(5));
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn restart_never_leaves_an_ended_service_exited() {
+    let dir = Dir::new("never");
+    let up = Up::start(
+        &dir,
+        r#"
+[services.once]
+command = ["sh", "-c", "exit 7"]
+restart = "never"
+[services.ok]
+command = ["true"]
+"#,
+    );
+    let s = up.wait_state("once", "exited");
+    assert_eq!((s["last_exit"].as_str(), s["restarts"].as_u64()), (Some("code 7"), Some(0)));
+    // on-failure (the default) does not restart a clean exit either.
+    let s = up.wait_state("ok", "exited");
+    assert_eq!(s["last_exit"].as_str(), Some("code 0"));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(up.service("once")["state"], "exited");
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn a_service_ignoring_sigterm_is_killed_after_stop_timeout() {
+    let dir = Dir::new("stubborn");
+    let up = Up::start(
+        &dir,
+        r#"
+[services.stubborn]
+command = ["sh", "-c", "trap '' TERM; while :; do sleep 0.05; done"]
+stop_timeout = "700ms"
+"#,
+    );
+    let pid = up.wait_state("stubborn", "running")["pid"].as_i64().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    assert!(up.cli(&["stop", "stubborn"]).status.success());
+    let s = up.wait_state("stubborn", "stopped");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(700) && took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(s["last_exit"].as_str(), Some("signal SIGKILL"));
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z")
+    );
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn dependencies_start_first_and_stop_last() {
+    let dir = Dir::new("deps");
+    let file = dir.path("order");
+    let services =
+        [recorder("db", &file, &[]), recorder("app", &file, &["db"]), recorder("web", &file, &["app"])].concat();
+    let up = Up::start(&dir, &services);
+    for s in ["db", "app", "web"] {
+        up.wait_state(s, "running");
+    }
+    let out = up.output();
+    let order: Vec<String> =
+        events(&out, ": running").into_iter().map(|(_, l)| l.split(':').next().unwrap().to_owned()).collect();
+    assert_eq!(order, ["db", "app", "web"], "{out}");
+    up.stop(&dir, &[]);
+    let text = std::fs::read_to_string(&file).unwrap();
+    let stops: Vec<&str> = text.lines().filter(|l| l.starts_with("stop")).collect();
+    assert_eq!(stops, ["stop web", "stop app", "stop db"], "{text}");
+}
+
+#[test]
+fn reload_adds_removes_and_changes_services_and_leaves_unchanged_ones_running() {
+    let dir = Dir::new("reload");
+    let svc = |name: &str, arg: &str| format!("[services.{name}]\ncommand = [\"sleep\", \"{arg}\"]\n");
+    let up = Up::start(&dir, &[svc("keep", "1000"), svc("change", "1000"), svc("remove", "1000")].concat());
+    let pid = |up: &Up, n: &str| up.wait_state(n, "running")["pid"].as_i64().unwrap();
+    let (keep, change, remove) = (pid(&up, "keep"), pid(&up, "change"), pid(&up, "remove"));
+
+    // A configuration that does not load changes nothing and names the place.
+    std::fs::write(&up.config, "[services.keep]\ncommand = []\n").unwrap();
+    let out = up.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("holden.toml:2:11: service keep: the command is empty"), "{}", stderr(&out));
+    assert_eq!(up.status().len(), 3);
+
+    write_config(&dir, &[svc("keep", "1000"), svc("change", "2000"), svc("add", "1000")].concat());
+    let out = up.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "added: add\nremoved: remove\nchanged: change\n");
+    assert_eq!(pid(&up, "keep"), keep, "an unchanged service is not touched");
+    let changed = up.wait_for("change", "restarted", |s| s["state"] == "running" && s["pid"].as_i64() != Some(change));
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", changed["pid"])).unwrap();
+    assert_eq!(cmdline, b"sleep\x002000\x00");
+    pid(&up, "add");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.status().iter().any(|s| s["name"] == "remove") {
+        assert!(Instant::now() < deadline, "remove is still listed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !std::path::Path::new(&format!("/proc/{remove}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{remove}/cmdline")).unwrap().is_empty()
+    );
+    // SIGHUP reloads too.
+    write_config(&dir, &[svc("keep", "1000"), svc("change", "2000")].concat());
+    kill(up.pid(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.status().len() != 2 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(pid(&up, "keep"), keep);
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn logs_are_captured_timestamped_rotated_and_followed() {
+    let dir = Dir::new("logs");
+    let up = Up::start(
+        &dir,
+        r#"log_max_size = 16384
+log_keep = 2
+
+[services.chatty]
+command = ["sh", "-c", "i=0; while [ $i -lt 600 ]; do echo \"line $i $(printf '%080d' 0)\"; i=$((i+1)); done; echo to-stderr >&2; exec sleep 1000"]
+"#,
+    );
+    let logs = dir.path("state/logs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(logs.join("chatty.log")).unwrap_or_default();
+        if text.contains("to-stderr") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the log never got the last line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let size = |n: &str| std::fs::metadata(logs.join(n)).map(|m| m.len()).unwrap_or(0);
+    assert!(size("chatty.log") <= 16384 && size("chatty.log.1") > 15000 && size("chatty.log.2") > 15000);
+    assert!(!logs.join("chatty.log.3").exists(), "only log_keep = 2 rotated files are kept");
+
+    let out = up.cli(&["logs", "-n", "3", "chatty"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].contains(" stdout line 599 "), "{text}");
+    assert!(lines[2].ends_with(" stderr to-stderr"), "{text}");
+    assert!(lines[2].starts_with("20") && lines[2].as_bytes()[10] == b'T', "timestamped: {text}");
+
+    // -f follows new output: a kill -s USR1 makes no output, so restart and watch the new run.
+    let mut follow = Command::new(HOLDEN)
+        .args(["logs", "-f", "-n", "0", "chatty", "--control-socket"])
+        .arg(&up.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(up.cli(&["restart", "chatty"]).status.success());
+    let mut reader = BufReader::new(follow.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert!(first.contains(" stdout line 0 "), "{first}");
+    kill(follow.id() as i32, 15);
+    let _ = follow.wait();
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn every_command_against_a_running_orchestrator() {
+    let dir = Dir::new("cli");
+    let up = Up::start(
+        &dir,
+        r#"
+[services.a]
+command = ["sh", "-c", "trap 'echo got USR1' USR1; echo hello; while :; do sleep 0.05; done"]
+[services.b]
+command = ["sleep", "1000"]
+kill_mode = "group"
+"#,
+    );
+    let a = up.wait_state("a", "running")["pid"].as_i64().unwrap();
+    up.wait_state("b", "running");
+
+    let out = up.cli(&["status"]);
+    let text = stdout(&out);
+    assert!(out.status.success());
+    assert!(text.starts_with("NAME  STATE    PID"), "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with(&format!("a     running  {a}")), "{text}");
+    assert!(text.contains("(local)"));
+    let one: serde_json::Value = serde_json::from_slice(&up.cli(&["status", "--json", "b"]).stdout).unwrap();
+    assert_eq!(one[0]["name"], "b");
+    for key in ["name", "state", "pid", "restarts", "last_exit"] {
+        assert!(one[0].get(key).is_some(), "--json lacks {key}");
+    }
+
+    // events: every state change, as it happens.
+    let mut events = Command::new(HOLDEN)
+        .args(["events", "--control-socket"])
+        .arg(&up.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    assert!(up.cli(&["stop", "b"]).status.success());
+    assert_eq!(up.wait_state("b", "stopped")["pid"], serde_json::Value::Null);
+    assert!(up.cli(&["start", "b"]).status.success());
+    up.wait_state("b", "running");
+    let out = up.cli(&["restart", "a"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let a2 = up.wait_for("a", "restarted", |s| s["state"] == "running" && s["pid"].as_i64() != Some(a));
+    assert_eq!(a2["restarts"].as_u64(), Some(1));
+
+    let mut reader = BufReader::new(events.stdout.take().unwrap());
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let mut l = String::new();
+        reader.read_line(&mut l).unwrap();
+        seen.push(l.split_whitespace().skip(1).take(2).collect::<Vec<_>>().join(" "));
+    }
+    assert_eq!(seen, ["b stopping", "b stopped", "b starting", "b running", "a stopping", "a starting", "a running"]);
+    kill(events.id() as i32, 15);
+    let _ = events.wait();
+
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(up.cli(&["kill", "-s", "USR1", "a"]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let logs = stdout(&up.cli(&["logs", "a"]));
+        if logs.contains("stdout got USR1") {
+            assert!(logs.contains("stdout hello"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "USR1 never reached a: {logs}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(up.cli(&["kill", "b"]).status.success(), "SIGTERM to b's group");
+    up.wait_for("b", "restarted after SIGTERM", |s| s["last_exit"] == "signal SIGTERM" && s["state"] == "running");
+
+    // Errors: exit 1 for what the orchestrator refuses, 2 for usage, 3 when nobody answers.
+    let out = up.cli(&["stop", "ghost"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no such service: ghost"), "{}", stderr(&out));
+    up.cli(&["stop", "b"]);
+    up.wait_state("b", "stopped");
+    let out = up.cli(&["kill", "b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("service b is not running"));
+    assert_eq!(up.cli(&["start"]).status.code(), Some(2));
+    assert_eq!(up.cli(&["kill", "-s", "SIGNOPE", "a"]).status.code(), Some(2));
+    let out = Command::new(HOLDEN).args(["status", "--control-socket"]).arg(dir.path("nothing.sock")).output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("connect to orchestrator at"), "{}", stderr(&out));
+    for cmd in ["up", "status", "start", "stop", "restart", "kill", "logs", "events", "reload", "check"] {
+        let out = Command::new(HOLDEN).args([cmd, "--help"]).output().unwrap();
+        assert!(out.status.success() && stdout(&out).contains("Usage: holden"), "{cmd} --help");
+    }
+
+    // check validates without running anything.
+    let out = Command::new(HOLDEN).args(["check", "-c"]).arg(&up.config).output().unwrap();
+    assert!(out.status.success());
+    assert!(stdout(&out).contains("ok: 2 services (a, b)"), "{}", stdout(&out));
+    std::fs::write(dir.path("bad.toml"), "[services.x]\ncommand = [\"x\"]\nrestart = \"sometimes\"\n").unwrap();
+    let out = Command::new(HOLDEN).args(["check", "-c"]).arg(dir.path("bad.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad.toml:3:11: unknown variant"), "{}", stderr(&out));
+    // A second orchestrator on the same socket refuses to start.
+    let out = Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("another orchestrator is already listening"), "{}", stderr(&out));
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn an_unprivileged_uid_is_refused_on_the_control_socket() {
+    let dir = Dir::new("access");
+    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let services = "[services.s]\ncommand = [\"sleep\", \"1000\"]\n";
+    let as_nobody = |up: &Up, args: &[&str]| {
+        Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", HOLDEN])
+            .args(args)
+            .arg("--control-socket")
+            .arg(&up.socket)
+            .output()
+            .unwrap()
+    };
+    // The default mode, 0660, keeps other users from connecting at all.
+    let up = Up::start(&dir, services);
+    up.wait_state("s", "running");
+    let out = as_nobody(&up, &["status"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("ermission denied"), "{}", stderr(&out));
+    up.stop(&dir, &[]);
+
+    // With 0666 anyone may look, but only allowed callers may act or read logs.
+    let up = Up::start_with(&dir, services, &["--socket-mode", "0666"], &[]);
+    let pid = up.wait_state("s", "running")["pid"].clone();
+    assert!(as_nobody(&up, &["status"]).status.success());
+    for args in [&["stop", "s"][..], &["kill", "s"], &["restart", "s"], &["reload"], &["logs", "s"]] {
+        let out = as_nobody(&up, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(stderr(&out).contains("permission denied for uid 65534"), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(up.service("s")["pid"], pid, "nothing changed");
+    up.stop(&dir, &[]);
+
+    // --allow-uid lets that uid act.
+    let up = Up::start_with(&dir, services, &["--socket-mode", "0666", "--allow-uid", "65534"], &[]);
+    up.wait_state("s", "running");
+    assert!(as_nobody(&up, &["stop", "s"]).status.success());
+    up.wait_state("s", "stopped");
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn sd_notify_ready_watchdog_status_and_stopping() {
+    let dir = Dir::new("notify");
+    let path = dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let up = Up::start_with(
+        &dir,
+        "[services.s]\ncommand = [\"sleep\", \"1000\"]\n",
+        &[],
+        &[("NOTIFY_SOCKET", path.to_str().unwrap()), ("WATCHDOG_USEC", "400000")],
+    );
+    let mut buf = [0u8; 4096];
+    let mut recv = || {
+        let n = sock.recv(&mut buf).expect("a notification");
+        (started.elapsed(), String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    // Messages until READY=1: the initial service must be running by then.
+    loop {
+        let (_, m) = recv();
+        if m.contains("READY=1") {
+            assert!(m.contains("STATUS=1 services: 1 running"), "{m}");
+            break;
+        }
+    }
+    assert_eq!(up.service("s")["state"], "running");
+    let mut watchdogs = Vec::new();
+    while watchdogs.len() < 3 {
+        let (t, m) = recv();
+        if m == "WATCHDOG=1" {
+            watchdogs.push(t);
+        }
+    }
+    let gap = watchdogs[2] - watchdogs[1];
+    assert!(gap >= Duration::from_millis(190) && gap < Duration::from_millis(350), "WATCHDOG=1 every {gap:?}");
+    kill(up.pid(), 15);
+    loop {
+        let (_, m) = recv();
+        if m.contains("STOPPING=1") {
+            break;
+        }
+    }
+    up.stop(&dir, &[]);
+}
