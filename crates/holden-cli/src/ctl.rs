@@ -271,6 +271,18 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every service of the orchestrator on `socket` (for the demo's status view).
+pub fn list(socket: &std::path::Path) -> Result<Vec<ServiceStatus>, String> {
+    let stream = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
+    let mut c = Client { stream, buf: Vec::new() };
+    let text = |f: Failure| match f {
+        Failure::Unreachable(e) | Failure::Broken(e) => e,
+        Failure::Refused(e) => e.to_string(),
+    };
+    let reply = c.call("List", serde_json::json!({})).map_err(text)?;
+    field(&reply, "services").map_err(text)
+}
+
 /// `1h02m`, `3m04s`, `5.2s`.
 pub fn human(ms: u64) -> String {
     let s = ms / 1000;

@@ -1,4 +1,6 @@
-//! `holden demo`: an agent in its own namespaces (when root) and a client driving it.
+//! `holden demo`: the orchestrator on a built-in configuration, with services inside an agent
+//! that runs in its own namespaces (when root), shown as a live status view for about 20
+//! seconds; `holden demo --agent` is the shorter tour of the agent alone.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -39,16 +41,49 @@ impl Drop for Demo {
     }
 }
 
+const HELP: &str = "\
+Usage: holden demo [--seconds N] [--agent]
+
+Starts an agent (in new pid, mount, uts, ipc and net namespaces when run as root) and the
+orchestrator (`holden up`) on a built-in configuration: one local service, two services
+spawned through the agent, one of which crashes every few seconds so that restarts and
+backoff show. A live status view runs for N seconds (default 20) or until Ctrl-C; then
+everything is stopped and the demo checks that no process is left.
+
+--agent runs the shorter tour of the agent alone instead: namespaces, pipes, exit status,
+signals through the pidfd, and spawn timing.
+";
+
 pub fn main(args: Vec<String>) -> ExitCode {
-    if !args.is_empty() {
-        if args.iter().any(|a| a == "-h" || a == "--help") {
-            println!("Usage: holden demo\n\nStarts an agent (in new pid, mount, uts, ipc and net namespaces when run as root),\nthen spawns, signals and reaps processes through it, and stops everything it started.");
-            return ExitCode::SUCCESS;
+    let mut seconds = 20u64;
+    let mut agent_only = false;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "-h" | "--help" => {
+                print!("{HELP}");
+                return ExitCode::SUCCESS;
+            }
+            "--agent" => agent_only = true,
+            "--seconds" if i + 1 < args.len() => {
+                i += 1;
+                match args[i].parse() {
+                    Ok(n) if n > 0 && n <= 3600 => seconds = n,
+                    _ => {
+                        eprintln!("holden demo: --seconds: {:?} is not 1 to 3600", args[i]);
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            a => {
+                eprintln!("holden demo: unexpected argument {a:?} (see holden demo --help)");
+                return ExitCode::from(2);
+            }
         }
-        eprintln!("holden demo: takes no arguments");
-        return ExitCode::from(2);
+        i += 1;
     }
-    match run() {
+    let result = if agent_only { run() } else { crate::demo_up::run(Duration::from_secs(seconds)) };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("holden demo: {e}");
@@ -57,7 +92,7 @@ pub fn main(args: Vec<String>) -> ExitCode {
     }
 }
 
-fn wait_for(path: &Path, proc: &mut Child) -> Result<(), String> {
+pub(crate) fn wait_for(path: &Path, proc: &mut Child) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if Agent::connect(path).is_ok() {
@@ -69,6 +104,22 @@ fn wait_for(path: &Path, proc: &mut Child) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(10));
     }
     Err("the agent did not start listening within 10 s".into())
+}
+
+/// `holden agent` on `socket`, under `unshare` with new namespaces when root.
+pub(crate) fn agent_launcher(exe: &Path, socket: &Path, root: bool) -> Command {
+    let mut launcher = if root {
+        println!("running as root: the agent gets new pid, mount, uts, ipc and net namespaces (unshare)");
+        let mut c = Command::new("unshare");
+        c.args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--kill-child=SIGTERM"]);
+        c.arg(exe);
+        c
+    } else {
+        println!("not root: the agent runs in this process's namespaces");
+        Command::new(exe)
+    };
+    launcher.args(["agent", "--log-level", "warn", "--socket"]).arg(socket).stdin(Stdio::Null);
+    launcher
 }
 
 fn read_pipe(r: std::io::PipeReader) -> String {
@@ -87,17 +138,7 @@ fn run() -> Result<(), String> {
     let root = holden_sys::fd::geteuid() == 0;
 
     step("1. start an agent");
-    let mut launcher = if root {
-        println!("running as root: the agent gets new pid, mount, uts, ipc and net namespaces (unshare)");
-        let mut c = Command::new("unshare");
-        c.args(["--pid", "--fork", "--mount", "--uts", "--ipc", "--net", "--kill-child=SIGTERM"]);
-        c.arg(&exe);
-        c
-    } else {
-        println!("not root: the agent runs in this process's namespaces");
-        Command::new(&exe)
-    };
-    launcher.args(["agent", "--log-level", "warn", "--socket"]).arg(&socket).stdin(Stdio::Null);
+    let mut launcher = agent_launcher(&exe, &socket, root);
     let mut proc = launcher.spawn().map_err(e)?;
     let started = wait_for(&socket, &mut proc);
     demo.agent_proc = Some(proc);

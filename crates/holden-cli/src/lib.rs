@@ -170,6 +170,24 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The pids of running processes (zombies excluded) whose environment holds `KEY=VALUE`.
+pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{key}={value}");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            if stat.rsplit_once(')')?.1.trim_start().starts_with('Z') {
+                return None;
+            }
+            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+            env.split(|&b| b == 0).any(|v| v == needle.as_bytes()).then_some(pid)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,7 @@
 
 mod ctl;
 mod demo;
+mod demo_up;
 mod exec;
 mod query;
 mod up;

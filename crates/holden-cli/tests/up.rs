@@ -408,3 +408,21 @@ fn sd_notify_ready_watchdog_status_and_stopping() {
     }
     up.stop(&dir, &[]);
 }
+
+#[test]
+fn the_demo_runs_its_services_and_leaves_nothing_behind() {
+    let out = Command::new(HOLDEN).args(["demo", "--seconds", "6"]).output().unwrap();
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(text.contains("running as root: the agent gets new pid"), "{text}");
+    for needle in [
+        "clock  running",
+        "web    running",
+        "flaky: backing-off (last exit: code 1)",
+        "holden up ended with exit code 0",
+        "sockets removed: true; processes left: none",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(text.contains("stdout serving as pid "), "web's log came through the agent: {text}");
+}
