@@ -25,6 +25,7 @@ socket = "{agent}"
 # Local: spawned by the orchestrator itself.
 [services.clock]
 command = ["sh", "-c", "while :; do echo tick; sleep 1; done"]
+kill_mode = "group"      # stop signals the shell and its sleep
 
 # Through the agent: lives in the agent's namespaces; its output comes back through a pipe.
 [services.web]
@@ -35,6 +36,7 @@ depends_on = ["clock"]
 # Through the agent, and crashes every 2 seconds: watch the backoff grow (500 ms, 1 s, 2 s).
 [services.flaky]
 command = ["sh", "-c", "echo up; sleep 2; echo giving up >&2; exit 1"]
+kill_mode = "group"
 agent = "box"
 backoff = {{ initial = "500ms", max = "4s", factor = 2.0, reset_after = "10s" }}
 start_limit = {{ burst = 50, interval = "60s" }}
@@ -47,14 +49,22 @@ start_limit = {{ burst = 50, interval = "60s" }}
 struct Cleanup {
     dir: PathBuf,
     procs: Vec<Child>,
+    agent_pidfd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         // The orchestrator first (it stops its services), then the agent.
-        for p in self.procs.iter_mut().rev() {
+        for (i, p) in self.procs.iter_mut().enumerate().rev() {
             if let Ok(None) = p.try_wait() {
-                let _ = p.signal(libc::SIGTERM);
+                match (&self.agent_pidfd, i) {
+                    (Some(fd), 0) => {
+                        let _ = holden_sys::process::pidfd_send_signal(fd, libc::SIGTERM);
+                    }
+                    _ => {
+                        let _ = p.signal(libc::SIGTERM);
+                    }
+                }
                 let _ = p.wait();
             }
         }
@@ -67,7 +77,7 @@ pub fn run(length: Duration) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| format!("find this program: {e}"))?;
     let dir = std::env::temp_dir().join(format!("holden-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
-    let mut cleanup = Cleanup { dir: dir.clone(), procs: Vec::new() };
+    let mut cleanup = Cleanup { dir: dir.clone(), procs: Vec::new(), agent_pidfd: None };
     // Ctrl-C and SIGTERM end the view early; blocked before anything is started.
     let signals = SignalFd::new(&[libc::SIGINT, libc::SIGTERM]).map_err(|e| format!("signalfd: {e}"))?;
     let root = holden_sys::fd::geteuid() == 0;
@@ -80,6 +90,10 @@ pub fn run(length: Duration) -> Result<(), String> {
     let started = wait_for(&socket, &mut agent);
     cleanup.procs.push(agent);
     started?;
+    // Under unshare, the agent is unshare's child: signals go to it, not to unshare.
+    let agent_pid = holden::Agent::connect(&socket).and_then(|mut a| a.agent_pid()).map_err(e)?;
+    let agent_pidfd = agent_pid.map(holden_sys::process::pidfd_open).transpose().map_err(|e| e.to_string())?;
+    cleanup.agent_pidfd = agent_pidfd;
 
     println!("\n== 2. the orchestrator, on this built-in configuration");
     let cfg_path = dir.join("holden.toml");
@@ -155,7 +169,10 @@ pub fn run(length: Duration) -> Result<(), String> {
     }
     println!("holden up ended with {status}");
     let mut agent = cleanup.procs.pop().expect("started above");
-    agent.signal(libc::SIGTERM).map_err(e)?;
+    match cleanup.agent_pidfd.take() {
+        Some(fd) => holden_sys::process::pidfd_send_signal(&fd, libc::SIGTERM).map_err(|e| e.to_string())?,
+        None => agent.signal(libc::SIGTERM).map_err(e)?,
+    }
     agent.wait().map_err(e)?;
     let left = holden_cli::processes_with_env(MARKER, &dir.to_string_lossy());
     println!(

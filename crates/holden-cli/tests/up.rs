@@ -426,3 +426,17 @@ fn the_demo_runs_its_services_and_leaves_nothing_behind() {
     }
     assert!(text.contains("stdout serving as pid "), "web's log came through the agent: {text}");
 }
+
+#[test]
+fn processes_a_service_leaves_behind_end_with_holden_up() {
+    let dir = Dir::new("orphans");
+    // The background sleep outlives its shell and is re-parented to holden up (a subreaper).
+    let up = Up::start(&dir, "[services.forker]\ncommand = [\"sh\", \"-c\", \"sleep 1000 & exec sleep 1001\"]\n");
+    up.wait_state("forker", "running");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dir.leftovers(&[up.pid()]).len() < 2 {
+        assert!(Instant::now() < deadline, "the background sleep never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    up.stop(&dir, &[]);
+}

@@ -270,10 +270,45 @@ impl Daemon {
                 self.reap();
             }
         }
+        self.end_orphans();
         self.notify.send("STATUS=stopped");
         self.state_file.remove();
         say("holden up: every service is down; exiting");
         Ok(())
+    }
+
+    /// At shutdown: processes that services left behind and that were re-parented to this
+    /// subreaper (a shell's child, a daemonised helper) get SIGTERM, then SIGKILL after 2 s,
+    /// and are reaped, so that nothing outlives `holden up`.
+    fn end_orphans(&mut self) {
+        let me = std::process::id() as i32;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut sig = libc::SIGTERM;
+        loop {
+            while let Ok(Some(_)) = process::reap_any() {}
+            let left = holden_cli::children_of(me);
+            if left.is_empty() {
+                return;
+            }
+            if sig == libc::SIGTERM {
+                say(&format!("ending {} processes that services left behind: {left:?}", left.len()));
+            }
+            for pid in &left {
+                // Our own children: their pids cannot be reused before we reap them.
+                if let Ok(fd) = process::pidfd_open(*pid) {
+                    let _ = process::pidfd_send_signal(&fd, sig);
+                    if sig == libc::SIGTERM {
+                        let _ = process::pidfd_send_signal(&fd, libc::SIGCONT);
+                    }
+                }
+            }
+            if Instant::now() >= deadline {
+                sig = libc::SIGKILL;
+            } else {
+                sig = 0;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The one-line summary used for systemd's STATUS=.
