@@ -166,6 +166,8 @@ struct Daemon {
     notify: Notifier,
     next_watchdog: Option<Instant>,
     shutting_down: bool,
+    /// A pid changed since the state file was last written.
+    state_dirty: bool,
 }
 
 pub fn run(o: Options) -> ExitCode {
@@ -225,6 +227,7 @@ impl Daemon {
             notify: Notifier::from_env(),
             next_watchdog: None,
             shutting_down: false,
+            state_dirty: false,
         })
     }
 
@@ -268,6 +271,9 @@ impl Daemon {
             self.fire_timers();
             if sigchld {
                 self.reap();
+            }
+            if self.state_dirty {
+                self.write_state();
             }
         }
         self.end_orphans();
@@ -516,7 +522,7 @@ impl Daemon {
         if self.notify.active() {
             self.notify.send(&format!("STATUS={}", self.summary()));
         }
-        self.write_state();
+        self.state_dirty = true;
         let svc = &self.services[name];
         if svc.idle() {
             if svc.removing {
@@ -723,6 +729,7 @@ impl Daemon {
     // ---- state file and adoption -----------------------------------------------------------
 
     fn write_state(&mut self) {
+        self.state_dirty = false;
         let entries: Vec<Entry> = self
             .services
             .iter()

@@ -1,7 +1,9 @@
 //! The state file, `STATE_DIR/state.json`: each running service's pid and process identity,
 //! so that an orchestrator started after a crash adopts what the last one left running
-//! instead of starting duplicates. It is written atomically (a temporary file, fsync, rename)
-//! whenever a pid changes, and removed by a clean shutdown.
+//! instead of starting duplicates. It is written atomically (a temporary file, then rename)
+//! once per loop iteration in which a pid changed, and removed by a clean shutdown. There is no
+//! fsync: the file only matters within one boot, and a crash of the orchestrator (not of the
+//! kernel) loses nothing from the page cache; an fsync would sit in every restart's path.
 //!
 //! The identity is the pidfd's inode number on kernels with pidfs (Linux 6.9), unique per
 //! process for the boot; otherwise the process's start time, field 22 of `/proc/PID/stat`.
@@ -101,9 +103,7 @@ impl StateFile {
         let tmp = self.path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(&File { boot_id: boot_id(), processes: processes.to_vec() })
             .map_err(io::Error::other)?;
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&text)?;
-        f.sync_all()?;
+        std::fs::File::create(&tmp)?.write_all(&text)?;
         std::fs::rename(&tmp, &self.path)
     }
 
