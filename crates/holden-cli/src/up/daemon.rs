@@ -168,6 +168,8 @@ struct Daemon {
     shutting_down: bool,
     /// A pid changed since the state file was last written.
     state_dirty: bool,
+    /// The descriptor limit local services get (the one this process started with).
+    child_nofile: Option<(u64, u64)>,
 }
 
 pub fn run(o: Options) -> ExitCode {
@@ -203,6 +205,15 @@ impl Daemon {
         listener.listener.set_nonblocking(true).map_err(|e| format!("control socket: {e}"))?;
         // Orphans of services (daemonising children) come to us to be reaped, not to PID 1.
         let _ = process::set_child_subreaper();
+        // Each service holds a pidfd and up to two log pipes here: raise the soft limit on
+        // descriptors to the hard one. Local services get the limit we started with.
+        let nofile = process::rlimit_resource("nofile").expect("nofile is a resource");
+        let mut child_nofile = None;
+        if let Ok((soft, hard)) = holden_sys::fd::getrlimit(nofile) {
+            if soft < hard && holden_sys::fd::setrlimit(nofile, hard, hard).is_ok() {
+                child_nofile = Some((soft, hard));
+            }
+        }
         let epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
         epoll.add(&signals, SIGNALS, READABLE).map_err(|e| format!("epoll: {e}"))?;
         epoll.add(&listener.listener, LISTENER, READABLE).map_err(|e| format!("epoll: {e}"))?;
@@ -228,6 +239,7 @@ impl Daemon {
             next_watchdog: None,
             shutting_down: false,
             state_dirty: false,
+            child_nofile,
         })
     }
 
@@ -571,6 +583,9 @@ impl Daemon {
         }
         if cfg.kill_mode == KillMode::Group {
             cmd.setsid(true);
+        }
+        if let (None, Some((soft, hard))) = (&cfg.agent, self.child_nofile) {
+            cmd.rlimit("nofile", Some(soft), Some(hard));
         }
         let mut pipes = Vec::new();
         let mut failed = None;
