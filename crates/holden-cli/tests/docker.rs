@@ -100,6 +100,25 @@ fn the_agent_in_a_docker_container_serves_the_host() {
     let cgroup = |p: String| std::fs::read_to_string(format!("/proc/{p}/cgroup")).unwrap();
     assert_eq!(cgroup(pid.to_string()), cgroup(init.to_string()), "the container's cgroup");
     assert!(cgroup(pid.to_string()) != cgroup("self".into()));
+    // Docker's default seccomp profile is in force on what the agent spawns (mode 2: filter).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.lines().any(|l| l.split_whitespace().collect::<Vec<_>>() == ["Seccomp:", "2"]), "{status}");
+    // As PID 1 the agent reaps orphans: a background child outlives its shell and ends.
+    let mut parent = holden::Command::new("/bin/busybox")
+        .args(["sh", "-c", "/bin/busybox sleep 0.2 & exit 0"])
+        .spawn_via(&mut agent)
+        .unwrap();
+    assert_eq!(parent.wait().unwrap().code(), Some(0));
+    std::thread::sleep(Duration::from_millis(600));
+    let zombies: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|p| ns(p, "pid") == ns(init, "pid"))
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        .filter(|st| st.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        .collect();
+    assert!(zombies.is_empty(), "zombies in the container: {zombies:?}");
     // Signalled through the pidfd; its exit status read on the host.
     sleeper.signal(15).unwrap();
     assert_eq!(sleeper.wait().unwrap().signal(), Some(15));
