@@ -40,7 +40,7 @@ start_limit = { burst = 5, interval = "60s" }
     assert_eq!((starts.len(), backoffs.len()), (5, 4), "{out}");
     for (i, want) in [100, 200, 400, 400].into_iter().enumerate() {
         let waited = starts[i + 1].0 - backoffs[i].0;
-        assert!(waited >= want - 1 && waited < want + 150, "delay {i}: {waited} ms, want {want}\n{out}");
+        assert!(waited >= want - 1 && waited < want + 250, "delay {i}: {waited} ms, want {want}\n{out}");
     }
     // A start by hand begins anew.
     assert!(up.cli(&["start", "crash"]).status.success());
@@ -398,7 +398,7 @@ fn sd_notify_ready_watchdog_status_and_stopping() {
         }
     }
     let gap = watchdogs[2] - watchdogs[1];
-    assert!(gap >= Duration::from_millis(190) && gap < Duration::from_millis(350), "WATCHDOG=1 every {gap:?}");
+    assert!(gap >= Duration::from_millis(150) && gap < Duration::from_millis(450), "WATCHDOG=1 every {gap:?}");
     kill(up.pid(), 15);
     loop {
         let (_, m) = recv();

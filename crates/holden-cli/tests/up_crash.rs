@@ -5,7 +5,7 @@
 //! The test process is a child subreaper, as systemd or a container's init would be for a
 //! real orchestrator: processes orphaned by a killed agent or orchestrator are re-parented to
 //! it, and a reaper thread reaps them (this VM's PID 1 does not), except the orchestrators and
-//! agents the tests wait for themselves.
+//! agents the tests wait for themselves and, through `SHORT_CHILD`, the CLI commands they run.
 
 mod common;
 
@@ -23,11 +23,18 @@ fn reaper() {
     START.call_once(|| {
         holden_sys::process::set_child_subreaper().unwrap();
         std::thread::spawn(|| loop {
-            match holden_sys::process::peek_exited_child() {
-                Ok(Some(pid)) if !PROTECTED.lock().unwrap().contains(&pid) => {
-                    let _ = holden_sys::process::reap_pid(pid);
+            let reaped = {
+                // Not while a short-lived child of a test runs: std must reap that one itself.
+                let _guard = SHORT_CHILD.lock().unwrap_or_else(|e| e.into_inner());
+                match holden_sys::process::peek_exited_child() {
+                    Ok(Some(pid)) if !PROTECTED.lock().unwrap().contains(&pid) => {
+                        holden_sys::process::reap_pid(pid).is_ok()
+                    }
+                    _ => false,
                 }
-                _ => std::thread::sleep(Duration::from_millis(2)),
+            };
+            if !reaped {
+                std::thread::sleep(Duration::from_millis(2));
             }
         });
     });

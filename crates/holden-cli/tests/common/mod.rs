@@ -14,8 +14,19 @@ use serde_json::Value;
 pub const HOLDEN: &str = env!("CARGO_BIN_EXE_holden");
 pub const MARKER: &str = "HOLDEN_TEST_MARKER";
 
+/// Held while a short-lived child (a CLI command, `kill`) runs and is waited for, so that a
+/// test that reaps orphans (up_crash.rs) does not reap it first.
+pub static SHORT_CHILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn short_child<T>(f: impl FnOnce() -> T) -> T {
+    let _guard = SHORT_CHILD.lock().unwrap_or_else(|e| e.into_inner());
+    f()
+}
+
 pub fn kill(pid: i32, sig: i32) {
-    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    short_child(|| {
+        let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+    });
 }
 
 /// A directory for one test, removed at the end.
@@ -166,7 +177,7 @@ impl Up {
 
     /// Runs `holden ARGS --control-socket SOCKET`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(HOLDEN).args(args).arg("--control-socket").arg(&self.socket).output().unwrap()
+        short_child(|| Command::new(HOLDEN).args(args).arg("--control-socket").arg(&self.socket).output().unwrap())
     }
 
     /// `holden status --json` as JSON objects, by name.
