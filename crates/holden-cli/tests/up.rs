@@ -440,3 +440,65 @@ fn processes_a_service_leaves_behind_end_with_holden_up() {
     }
     up.stop(&dir, &[]);
 }
+
+#[test]
+fn hostile_bytes_on_the_control_socket_get_errors_and_harm_nobody() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    let dir = Dir::new("hostile");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1000\"]\n");
+    let pid = up.wait_state("s", "running")["pid"].clone();
+    let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        (b"not json\0".to_vec(), "InvalidParameter"),
+        (b"[1,2,3]\0".to_vec(), "InvalidParameter"),
+        (b"{\"method\": 42}\0".to_vec(), "InvalidParameter"),
+        (format!("{deep}\0").into_bytes(), "InvalidParameter"),
+        (b"{\"method\":\"io.holden.Orchestrator.Nope\"}\0".to_vec(), "MethodNotFound"),
+        (
+            b"{\"method\":\"io.holden.Orchestrator.Stop\",\"parameters\":{\"names\":\"s\"}}\0".to_vec(),
+            "InvalidParameter",
+        ),
+        (
+            b"{\"method\":\"io.holden.Orchestrator.Kill\",\"parameters\":{\"name\":\"s\",\"signal\":99}}\0".to_vec(),
+            "InvalidParameter",
+        ),
+        (
+            b"{\"method\":\"io.holden.Orchestrator.Logs\",\"parameters\":{\"name\":\"s\",\"lines\":-5}}\0".to_vec(),
+            "InvalidParameter",
+        ),
+        (b"{\"method\":\"io.holden.Orchestrator.Events\"}\0".to_vec(), "InvalidParameter"),
+        (b"\xff\xfe\xfd\0".to_vec(), "InvalidParameter"),
+    ];
+    for (msg, want) in cases {
+        let mut c = UnixStream::connect(&up.socket).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(&msg).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !reply.contains(&0) {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => reply.extend_from_slice(&buf[..n]),
+            }
+        }
+        let text = String::from_utf8_lossy(&reply);
+        assert!(text.contains(want), "{:?}: {text}", String::from_utf8_lossy(&msg[..msg.len().min(60)]));
+    }
+    // More than a message may hold, without a NUL: the connection is dropped.
+    let mut c = UnixStream::connect(&up.socket).unwrap();
+    let _ = c.write_all(&vec![b'x'; 2 * 1024 * 1024]);
+    let mut buf = [0u8; 16];
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    // Half a message, then silence, then a hang-up; and 200 idle connections held open.
+    let mut half = UnixStream::connect(&up.socket).unwrap();
+    half.write_all(b"{\"method\":\"io.holden.Orch").unwrap();
+    let idle: Vec<UnixStream> = (0..200).map(|_| UnixStream::connect(&up.socket).unwrap()).collect();
+    drop(half);
+    // Everyone else is served, and nothing changed.
+    let s = up.service("s");
+    assert_eq!((s["state"].as_str(), &s["pid"]), (Some("running"), &pid));
+    drop(idle);
+    up.stop(&dir, &[]);
+}
