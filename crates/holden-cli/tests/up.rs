@@ -314,6 +314,14 @@ kill_mode = "group"
     let out = Command::new(HOLDEN).args(["check", "-c"]).arg(dir.path("bad.toml")).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("bad.toml:3:11: unknown variant"), "{}", stderr(&out));
+    // holden up refuses a bad file with its place, and a missing one.
+    let out = Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("bad.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("bad.toml:3:11: unknown variant"), "{}", stderr(&out));
+    let out = Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("missing.toml")).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("missing.toml:1:1: cannot read the file"), "{}", stderr(&out));
+    assert_eq!(Command::new(HOLDEN).args(["up", "--bogus"]).output().unwrap().status.code(), Some(2));
     // A second orchestrator on the same socket refuses to start.
     let out = Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
