@@ -477,6 +477,12 @@ fn hostile_bytes_on_the_control_socket_get_errors_and_harm_nobody() {
         ),
         (b"{\"method\":\"io.holden.Orchestrator.Events\"}\0".to_vec(), "InvalidParameter"),
         (b"\xff\xfe\xfd\0".to_vec(), "InvalidParameter"),
+        // Generic Varlink introspection works.
+        (b"{\"method\":\"org.varlink.service.GetInfo\"}\0".to_vec(), "io.holden.Orchestrator"),
+        (
+            b"{\"method\":\"org.varlink.service.GetInterfaceDescription\",\"parameters\":{\"interface\":\"io.holden.Orchestrator\"}}\0".to_vec(),
+            "method Reload() -> (added: []string",
+        ),
     ];
     for (msg, want) in cases {
         let mut c = UnixStream::connect(&up.socket).unwrap();

@@ -122,6 +122,19 @@ struct Svc {
 }
 
 impl Svc {
+    fn new(cfg: config::Service, now: Instant) -> Svc {
+        Svc {
+            cfg,
+            m: machine::Service::new(now),
+            proc: None,
+            identity: None,
+            exit_check: None,
+            log: None,
+            replacement: None,
+            removing: false,
+        }
+    }
+
     fn policy(&self) -> Policy {
         Policy {
             restart: self.cfg.restart,
@@ -995,13 +1008,16 @@ impl Daemon {
                 conn.follow = Some(Follow::Events);
                 Ok(None)
             }
-            Request::GetInfo => Ok(Some(serde_json::json!({
-                "vendor": "Holden",
-                "product": "holden",
-                "version": env!("CARGO_PKG_VERSION"),
-                "url": "https://github.com/holden",
-                "interfaces": [INTERFACE, holden_proto::SERVICE_INTERFACE],
-            }))),
+            Request::GetInfo => Ok(Some(
+                serde_json::to_value(holden_proto::ServiceInfo {
+                    vendor: "Holden".into(),
+                    product: "holden".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    url: String::new(),
+                    interfaces: vec![INTERFACE.into(), holden_proto::SERVICE_INTERFACE.into()],
+                })
+                .expect("plain struct"),
+            )),
             Request::GetInterfaceDescription(i) => match i.as_str() {
                 INTERFACE => Ok(Some(serde_json::json!({ "description": control::DESCRIPTION }))),
                 holden_proto::SERVICE_INTERFACE => {
@@ -1086,21 +1102,6 @@ impl Daemon {
             }
         }
         Ok(r)
-    }
-}
-
-impl Svc {
-    fn new(cfg: config::Service, now: Instant) -> Svc {
-        Svc {
-            cfg,
-            m: machine::Service::new(now),
-            proc: None,
-            identity: None,
-            exit_check: None,
-            log: None,
-            replacement: None,
-            removing: false,
-        }
     }
 }
 
