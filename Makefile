@@ -1,6 +1,7 @@
 # Holden v0.2's commands, on the Rust implementation, plus the container image.
 #   make all     release build; bin/agent (the agent) and bin/pidfd_monitor
-#   make static  a static holden-agent (crt-static on the gnu target): bin/holden-agent-static
+#   make static  a static holden-agent (crt-static on the gnu target, optimised for size):
+#                bin/holden-agent-static
 #   make image   make static, then the image holden-agent (FROM scratch) with podman, else docker
 #   make clean   removes bin/ and cargo's build output
 CARGO ?= cargo
@@ -17,9 +18,9 @@ all:
 
 # With --target, RUSTFLAGS reach only the target's code, not build scripts.
 static:
-	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p holden-agent --target $(TARGET)
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile static -p holden-agent --target $(TARGET)
 	mkdir -p bin
-	cp target/$(TARGET)/release/holden-agent bin/holden-agent-static
+	cp target/$(TARGET)/static/holden-agent bin/holden-agent-static
 	@file bin/holden-agent-static 2>/dev/null || true
 	@ls -l bin/holden-agent-static
 
