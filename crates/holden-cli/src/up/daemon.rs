@@ -181,6 +181,8 @@ struct Daemon {
     shutting_down: bool,
     /// A pid changed since the state file was last written.
     state_dirty: bool,
+    /// `advance_shutdown` is running.
+    in_shutdown_pass: bool,
     /// The descriptor limit local services get (the one this process started with).
     child_nofile: Option<(u64, u64)>,
 }
@@ -252,6 +254,7 @@ impl Daemon {
             next_watchdog: None,
             shutting_down: false,
             state_dirty: false,
+            in_shutdown_pass: false,
             child_nofile,
         })
     }
@@ -568,7 +571,13 @@ impl Daemon {
     }
 
     /// Stops, in reverse dependency order, every service whose dependents are all down.
+    /// One pass at a time: the state changes it causes call back here, and must not start a
+    /// nested pass each (with many services that would nest as deep as there are services).
     fn advance_shutdown(&mut self) {
+        if self.in_shutdown_pass {
+            return;
+        }
+        self.in_shutdown_pass = true;
         for name in self.order.clone().into_iter().rev() {
             let Some(svc) = self.services.get(&name) else { continue };
             if svc.m.wanted == Wanted::Down && matches!(svc.m.state, State::Stopping | State::Stopped) {
@@ -583,6 +592,7 @@ impl Daemon {
                 self.feed(&name, Event::Stop);
             }
         }
+        self.in_shutdown_pass = false;
     }
 
     // ---- actions out -----------------------------------------------------------------------
