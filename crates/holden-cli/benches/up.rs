@@ -384,43 +384,30 @@ fn main() {
     } else {
         println!("== supervisord: not installed (apt-get install supervisor)");
     }
-    if which("s6-svscan") {
+    // s6 and runit: a scan directory of run scripts, watched by one scanner per supervisor.
+    for (name, scanner, names, package) in [
+        ("s6", "s6-svscan", ["s6-svscan", "s6-supervise"], "s6"),
+        ("runit", "runsvdir", ["runsvdir", "runsv"], "runit"),
+    ] {
+        if !which(scanner) {
+            println!("== {name}: not installed (apt-get install {package})");
+            continue;
+        }
         peer(
             &dir,
-            "s6",
+            name,
             &|dir, n, p| {
                 let scan = scan_dir(dir, n, &p.command().join(" "));
                 Command::new("setsid")
-                    .arg("s6-svscan")
+                    .arg(scanner)
                     .arg(scan)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .spawn()
                     .unwrap()
             },
-            &["s6-svscan", "s6-supervise"],
+            &names,
         );
-    } else {
-        println!("== s6: not installed (apt-get install s6)");
-    }
-    if which("runsvdir") {
-        peer(
-            &dir,
-            "runit",
-            &|dir, n, p| {
-                let scan = scan_dir(dir, n, &p.command().join(" "));
-                Command::new("setsid")
-                    .arg("runsvdir")
-                    .arg(scan)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap()
-            },
-            &["runsvdir", "runsv"],
-        );
-    } else {
-        println!("== runit: not installed (apt-get install runit)");
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

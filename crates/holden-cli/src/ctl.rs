@@ -112,7 +112,7 @@ enum Failure {
 impl Client {
     fn connect(a: &Args) -> Result<Client, Failure> {
         let from_config = match &a.config {
-            Some(f) => config::load(f).map_err(|e| Failure::Unreachable(e.to_string()))?.control_socket,
+            Some(f) => config::load(f).map_err(|e| Failure::Broken(e.to_string()))?.control_socket,
             None => None,
         };
         let path = crate::up::control_socket_path(a.socket.as_deref(), from_config.as_deref());

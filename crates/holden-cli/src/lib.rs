@@ -155,35 +155,37 @@ pub fn signal_name(sig: i32) -> String {
     }
 }
 
+/// The fields of `/proc/PID/stat` from field 3 (the state) on, so field N of proc(5) is at
+/// index N - 3. The command name, field 2, is in parentheses and may hold anything: the fields
+/// are taken after the last ')'.
+pub fn stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat.rsplit_once(')')?.1.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn is_running(pid: i32) -> bool {
+    stat_fields(pid).is_some_and(|f| f.first().is_some_and(|s| s != "Z"))
+}
+
+/// The pids of every process in `/proc`.
+fn all_pids() -> impl Iterator<Item = i32> {
+    std::fs::read_dir("/proc").into_iter().flatten().flatten().filter_map(|e| e.file_name().to_str()?.parse().ok())
+}
+
 /// The pids of every process whose parent is `ppid`, read from `/proc`.
 pub fn children_of(ppid: i32) -> Vec<i32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            // The command name is in parentheses and may hold anything: parse after the last ')'.
-            let parent: i32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-            (parent == ppid).then_some(pid)
-        })
-        .collect()
+    all_pids().filter(|&pid| stat_fields(pid).and_then(|f| f.get(1)?.parse().ok()) == Some(ppid)).collect()
 }
 
 /// The pids of running processes (zombies excluded) whose environment holds `KEY=VALUE`.
 pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
     let needle = format!("{key}={value}");
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            if stat.rsplit_once(')')?.1.trim_start().starts_with('Z') {
-                return None;
-            }
-            let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-            env.split(|&b| b == 0).any(|v| v == needle.as_bytes()).then_some(pid)
+    all_pids()
+        .filter(|&pid| is_running(pid))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
         })
         .collect()
 }

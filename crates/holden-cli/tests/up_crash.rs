@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::sync::{Mutex, Once};
+use std::sync::{Mutex, MutexGuard, Once};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -45,32 +45,35 @@ fn protect(pid: i32) {
 }
 
 fn alive(pid: i64) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    holden_cli::is_running(pid as i32)
 }
 
 fn parent_of(pid: i64) -> i64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    stat.rsplit_once(')').unwrap().1.split_whitespace().nth(1).unwrap().parse().unwrap()
+    holden_cli::stat_fields(pid as i32).unwrap()[1].parse().unwrap()
+}
+
+/// One test at a time, with the reaper running, a directory, an agent `qm` in it, and the
+/// configuration: `services` after an `[agents.qm]` table. (The lock is released last.)
+fn setup(tag: &str, services: &str) -> (MutexGuard<'static, ()>, Dir, Agent, String) {
+    let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    reaper();
+    let dir = Dir::new(tag);
+    let agent = Agent::start(&dir, "qm");
+    protect(agent.pid());
+    let config = format!("[agents.qm]\nsocket = \"{}\"\n\n{services}", agent.socket.display());
+    (serial, dir, agent, config)
 }
 
 #[test]
 fn agent_services_run_on_when_the_agent_dies_and_return_when_it_is_back() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    reaper();
-    let dir = Dir::new("agentdeath");
-    let agent = Agent::start(&dir, "qm");
-    protect(agent.pid());
-    let services = format!(
+    let (_serial, dir, agent, services) = setup(
+        "agentdeath",
         r#"
-[agents.qm]
-socket = "{}"
-
 [services.inside]
 command = ["sh", "-c", "echo hello from the agent; exec sleep 1000"]
 agent = "qm"
-backoff = {{ initial = "100ms", max = "400ms" }}
+backoff = { initial = "100ms", max = "400ms" }
 "#,
-        agent.socket.display()
     );
     let up = Up::start(&dir, &services);
     protect(up.pid());
@@ -116,16 +119,9 @@ backoff = {{ initial = "100ms", max = "400ms" }}
 
 #[test]
 fn a_sigkilled_orchestrator_is_replaced_without_duplicates_or_orphans() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    reaper();
-    let dir = Dir::new("readopt");
-    let agent = Agent::start(&dir, "qm");
-    protect(agent.pid());
-    let services = format!(
+    let (_serial, dir, agent, services) = setup(
+        "readopt",
         r#"
-[agents.qm]
-socket = "{}"
-
 [services.steady]
 command = ["sh", "-c", "trap 'echo got USR1' USR1; while :; do sleep 0.05; done"]
 
@@ -136,7 +132,6 @@ command = ["sleep", "1000"]
 command = ["sleep", "1001"]
 agent = "qm"
 "#,
-        agent.socket.display()
     );
     let up = Up::start(&dir, &services);
     protect(up.pid());

@@ -331,23 +331,34 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
 /// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
 pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit>> {
     const P_PIDFD: libc::idtype_t = 3;
+    let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
+    Ok(waitid(P_PIDFD, pidfd.as_raw_fd() as libc::id_t, flags)?.map(|(_, e)| e))
+}
+
+/// `waitid(2)`, retried on EINTR: the pid and exit of the child it reports, or `None` when
+/// `WNOHANG` found nothing ready.
+fn waitid(idtype: libc::idtype_t, id: libc::id_t, flags: libc::c_int) -> io::Result<Option<(i32, Exit)>> {
     // SAFETY: siginfo_t is plain data; zeroed is a valid initial value.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | if nohang { libc::WNOHANG } else { 0 };
     loop {
-        // SAFETY: `info` is a valid out-pointer; the fd is borrowed for the call.
-        let r = unsafe { libc::waitid(P_PIDFD, pidfd.as_raw_fd() as libc::id_t, &mut info, flags) };
-        match cvt(r) {
+        // SAFETY: `info` is a valid out-pointer; any descriptor in `id` is borrowed by the caller.
+        match cvt(unsafe { libc::waitid(idtype, id, &mut info, flags) }) {
             Ok(_) => break,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         }
     }
     // SAFETY: after a successful waitid, si_pid is valid; 0 means nothing was ready (WNOHANG).
-    if unsafe { info.si_pid() } == 0 {
-        return Ok(None);
+    let pid = unsafe { info.si_pid() };
+    Ok((pid != 0).then(|| (pid, Exit::from_siginfo(&info))))
+}
+
+/// ECHILD (no child at all) as "nothing to report".
+fn none_if_no_child<T>(r: io::Result<Option<T>>) -> io::Result<Option<T>> {
+    match r {
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => Ok(None),
+        r => r,
     }
-    Ok(Some(Exit::from_siginfo(&info)))
 }
 
 /// Reaps any one exited child without blocking: `waitid(P_ALL, 0, WEXITED | WNOHANG)`.
@@ -355,24 +366,7 @@ pub fn wait_pidfd(pidfd: BorrowedFd<'_>, nohang: bool) -> io::Result<Option<Exit
 /// Returns `Ok(None)` when no child has exited (or there are no children at all).
 /// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
 pub fn reap_any() -> io::Result<Option<(i32, Exit)>> {
-    // SAFETY: as in `wait_pidfd`.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `info` is a valid out-pointer.
-        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOHANG) };
-        match cvt(r) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    // SAFETY: as in `wait_pidfd`.
-    let pid = unsafe { info.si_pid() };
-    if pid == 0 {
-        return Ok(None);
-    }
-    Ok(Some((pid, Exit::from_siginfo(&info))))
+    none_if_no_child(waitid(libc::P_ALL, 0, libc::WEXITED | libc::WNOHANG))
 }
 
 /// Opens a pidfd for `pid`: `pidfd_open(2)` (Linux 5.3). The descriptor is close-on-exec.
@@ -596,41 +590,12 @@ pub fn pidfs_inode(pidfd: BorrowedFd<'_>) -> io::Result<Option<u64>> {
 /// `waitid(P_ALL, 0, WEXITED | WNOHANG | WNOWAIT)`. `Ok(None)` if there is none.
 /// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
 pub fn peek_exited_child() -> io::Result<Option<i32>> {
-    // SAFETY: as in `wait_pidfd`.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
-    loop {
-        // SAFETY: `info` is a valid out-pointer.
-        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, flags) };
-        match cvt(r) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.raw_os_error() == Some(libc::ECHILD) => return Ok(None),
-            Err(e) => return Err(e),
-        }
-    }
-    // SAFETY: as in `wait_pidfd`.
-    let pid = unsafe { info.si_pid() };
-    Ok((pid != 0).then_some(pid))
+    let r = none_if_no_child(waitid(libc::P_ALL, 0, libc::WEXITED | libc::WNOHANG | libc::WNOWAIT));
+    Ok(r?.map(|(pid, _)| pid))
 }
 
 /// Reaps the exited child `pid`: `waitid(P_PID, pid, WEXITED | WNOHANG)`.
 /// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
 pub fn reap_pid(pid: i32) -> io::Result<Option<Exit>> {
-    // SAFETY: as in `wait_pidfd`.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    loop {
-        // SAFETY: `info` is a valid out-pointer.
-        let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOHANG) };
-        match cvt(r) {
-            Ok(_) => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    // SAFETY: as in `wait_pidfd`.
-    if unsafe { info.si_pid() } == 0 {
-        return Ok(None);
-    }
-    Ok(Some(Exit::from_siginfo(&info)))
+    Ok(waitid(libc::P_PID, pid as libc::id_t, libc::WEXITED | libc::WNOHANG)?.map(|(_, e)| e))
 }

@@ -2,7 +2,7 @@
 //! agent), signalling, reading exits, logs, the control socket, the state file, reload and
 //! shutdown.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::OpenOptions;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -110,6 +110,8 @@ struct Svc {
     cfg: config::Service,
     m: machine::Service,
     proc: Option<Proc>,
+    /// The epoll token of the process's pidfd, while it is watched.
+    pidfd_token: Option<u64>,
     identity: Option<Identity>,
     /// While an exit status is awaited: when to look again, the pause, and when to give up.
     exit_check: Option<(Instant, Duration, Instant)>,
@@ -127,6 +129,7 @@ impl Svc {
             cfg,
             m: machine::Service::new(now),
             proc: None,
+            pidfd_token: None,
             identity: None,
             exit_check: None,
             log: None,
@@ -172,6 +175,8 @@ struct Daemon {
     listener: holden_agent::listen::Listening,
     access: Access,
     targets: HashMap<u64, Target>,
+    /// The tokens of the connections that follow logs or events.
+    followers: HashSet<u64>,
     next_token: u64,
     log_dir: PathBuf,
     state_file: StateFile,
@@ -197,8 +202,11 @@ pub fn run(o: Options) -> ExitCode {
     }
 }
 
+/// Prints one line on stdout. A stdout that fails (a closed pipe, a full disk) must not stop
+/// supervision, so errors are ignored, where `println!` would panic.
 fn say(line: &str) {
-    println!("{} {line}", holden_cli::timestamp(SystemTime::now()));
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{} {line}", holden_cli::timestamp(SystemTime::now()));
 }
 
 impl Daemon {
@@ -246,6 +254,7 @@ impl Daemon {
             listener,
             access: o.access,
             targets: HashMap::new(),
+            followers: HashSet::new(),
             next_token: 2,
             log_dir,
             state_file: StateFile::new(&state_dir),
@@ -401,12 +410,8 @@ impl Daemon {
         match self.targets.get(&token) {
             Some(Target::Pidfd(name)) => {
                 let name = name.clone();
-                if let Some(Target::Pidfd(_)) = self.targets.remove(&token) {
-                    // Level-triggered and readable for good: watched no more.
-                    if let Some(p) = self.services.get(&name).and_then(|s| s.proc.as_ref()) {
-                        let _ = self.epoll.delete(p.pidfd());
-                    }
-                }
+                // Level-triggered and readable for good: watched no more.
+                self.unwatch_pidfd(&name);
                 self.check_exit(&name);
             }
             Some(Target::Pipe(_)) => self.on_pipe(token),
@@ -468,15 +473,33 @@ impl Daemon {
             }
         };
         svc.exit_check = None;
-        let proc = svc.proc.take().expect("checked above");
-        let token = self.targets.iter().find(|(_, t)| matches!(t, Target::Pidfd(n) if n == name)).map(|(t, _)| *t);
-        if let Some(t) = token {
-            self.targets.remove(&t);
-            let _ = self.epoll.delete(proc.pidfd());
-        }
-        drop(proc);
+        self.unwatch_pidfd(name);
+        let svc = self.services.get_mut(name).expect("present");
+        svc.proc = None;
         svc.identity = None;
         self.feed(name, Event::Exited(exit));
+    }
+
+    /// Adds the service's pidfd to the epoll set.
+    fn watch_pidfd(&mut self, name: &str) -> std::io::Result<()> {
+        let token = self.token();
+        let svc = self.services.get_mut(name).expect("present");
+        let proc = svc.proc.as_ref().expect("a process to watch");
+        self.epoll.add(proc.pidfd(), token, READABLE)?;
+        svc.pidfd_token = Some(token);
+        self.targets.insert(token, Target::Pidfd(name.into()));
+        Ok(())
+    }
+
+    /// Takes the service's pidfd out of the epoll set, if it is there.
+    fn unwatch_pidfd(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if let Some(token) = svc.pidfd_token.take() {
+            self.targets.remove(&token);
+            if let Some(p) = &svc.proc {
+                let _ = self.epoll.delete(p.pidfd());
+            }
+        }
     }
 
     /// Reaps exited children that are not services (orphans re-parented to us); a service's own
@@ -545,8 +568,10 @@ impl Daemon {
             _ => {}
         }
         say(&line);
-        let msg = holden_proto::encode_reply(&serde_json::json!({ "event": change }), true);
-        self.broadcast(|f| *f == Follow::Events, &msg);
+        self.broadcast(
+            |f| *f == Follow::Events,
+            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
+        );
         if self.notify.active() {
             self.notify.send(&format!("STATUS={}", self.summary()));
         }
@@ -652,14 +677,12 @@ impl Daemon {
         match result {
             Ok(child) => {
                 let pid = child.pid().unwrap_or_else(|| child.spawner_pid());
-                let token = self.token();
-                if let Err(e) = self.epoll.add(child.pidfd(), token, READABLE) {
-                    say(&format!("{name}: cannot watch pidfd: {e}"));
-                }
-                self.targets.insert(token, Target::Pidfd(name.into()));
                 let svc = self.services.get_mut(name).expect("present");
                 svc.identity = state::identity(child.pidfd(), pid).ok();
                 svc.proc = Some(Proc::Child(child));
+                if let Err(e) = self.watch_pidfd(name) {
+                    say(&format!("{name}: cannot watch pidfd: {e}"));
+                }
                 for (which, fd) in pipes {
                     self.watch_pipe(name, which, fd);
                 }
@@ -740,13 +763,15 @@ impl Daemon {
         if let Some(log) = self.services.get_mut(&name).and_then(|s| s.log.as_mut()) {
             for l in &lines {
                 if let Err(e) = log.write_line(l) {
-                    eprintln!("holden up: {name}: write {}: {e}", log.path().display());
+                    say(&format!("{name}: write {}: {e}", log.path().display()));
                     break;
                 }
             }
         }
-        let msg = holden_proto::encode_reply(&serde_json::json!({ "lines": lines }), true);
-        self.broadcast(|f| matches!(f, Follow::Logs(n) if *n == name), &msg);
+        self.broadcast(
+            |f| matches!(f, Follow::Logs(n) if *n == name),
+            || holden_proto::encode_reply(&serde_json::json!({ "lines": lines }), true),
+        );
     }
 
     fn signal(&mut self, name: &str, sig: i32) {
@@ -800,15 +825,16 @@ impl Daemon {
                 continue;
             }
             let name = entry.service.clone();
-            let token = self.token();
-            if self.epoll.add(&pidfd, token, READABLE).is_err() {
-                continue;
-            }
-            self.targets.insert(token, Target::Pidfd(name.clone()));
             let captured = Svc::logs_captured(&self.services[&name].cfg);
             let svc = self.services.get_mut(&name).expect("present");
             svc.proc = Some(Proc::Adopted { pidfd });
             svc.identity = Some(entry.identity);
+            if let Err(e) = self.watch_pidfd(&name) {
+                say(&format!("{name}: cannot watch pidfd of pid {}: {e}; not adopting it", entry.pid));
+                let svc = self.services.get_mut(&name).expect("present");
+                (svc.proc, svc.identity) = (None, None);
+                continue;
+            }
             if captured {
                 for (fd, which) in reattach_pipes(entry.pid) {
                     self.watch_pipe(&name, which, fd);
@@ -860,31 +886,42 @@ impl Daemon {
             }
         }
         if conn.closing && (conn.done() || events & (libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0) {
+            self.followers.remove(&token);
             let _ = self.epoll.delete(&conn.stream);
             return;
+        }
+        if conn.follow.is_some() {
+            self.followers.insert(token);
         }
         let interest = if conn.pending() { READABLE | WRITABLE } else { READABLE };
         let _ = self.epoll.modify(&conn.stream, token, interest);
         self.targets.insert(token, Target::Conn(conn));
     }
 
-    /// Sends `msg` to every connection following what `wants` accepts; drops those too slow.
-    fn broadcast(&mut self, wants: impl Fn(&Follow) -> bool, msg: &[u8]) {
+    /// Sends the message `make` builds to every connection following what `wants` accepts,
+    /// building it only if there is one; drops followers that are too slow.
+    fn broadcast(&mut self, wants: impl Fn(&Follow) -> bool, make: impl FnOnce() -> Vec<u8>) {
+        let mut make = Some(make);
+        let mut msg = Vec::new();
         let mut dead = Vec::new();
-        for (token, t) in self.targets.iter_mut() {
-            if let Target::Conn(c) = t {
-                if c.follow.as_ref().is_some_and(&wants) {
-                    c.send(msg);
-                    if c.closing {
-                        dead.push(*token);
-                    } else {
-                        let interest = if c.pending() { READABLE | WRITABLE } else { READABLE };
-                        let _ = self.epoll.modify(&c.stream, *token, interest);
-                    }
-                }
+        for token in &self.followers {
+            let Some(Target::Conn(c)) = self.targets.get_mut(token) else { continue };
+            if !c.follow.as_ref().is_some_and(&wants) {
+                continue;
+            }
+            if let Some(make) = make.take() {
+                msg = make();
+            }
+            c.send(&msg);
+            if c.closing {
+                dead.push(*token);
+            } else {
+                let interest = if c.pending() { READABLE | WRITABLE } else { READABLE };
+                let _ = self.epoll.modify(&c.stream, *token, interest);
             }
         }
         for t in dead {
+            self.followers.remove(&t);
             if let Some(Target::Conn(c)) = self.targets.remove(&t) {
                 let _ = self.epoll.delete(&c.stream);
             }

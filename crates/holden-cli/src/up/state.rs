@@ -52,13 +52,8 @@ pub fn identity(pidfd: BorrowedFd<'_>, pid: i32) -> io::Result<Identity> {
 
 /// Field 22 of `/proc/PID/stat`: the start time in clock ticks after boot.
 fn start_time(pid: i32) -> io::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The command name, field 2, is in parentheses and may hold anything: start after the last ')'.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
-    // After ')' come field 3 (state) onwards, so field 22 is the 20th.
-    rest.split_whitespace()
-        .nth(19)
-        .and_then(|f| f.parse().ok())
+    holden_cli::stat_fields(pid)
+        .and_then(|f| f.get(22 - 3)?.parse().ok())
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("/proc/{pid}/stat: no start time")))
 }
 

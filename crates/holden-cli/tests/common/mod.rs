@@ -47,27 +47,15 @@ impl Dir {
         self.0.join(name)
     }
 
-    /// Processes (other than `except`) whose environment carries this directory's marker.
+    /// Processes (other than `except`) whose environment carries this directory's marker,
+    /// with their command lines.
     pub fn leftovers(&self, except: &[i32]) -> Vec<(i32, String)> {
-        let needle = format!("{MARKER}={}", self.0.display());
-        let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-        entries
-            .flatten()
-            .filter_map(|e| {
-                let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-                if except.contains(&pid) || pid == std::process::id() as i32 {
-                    return None;
-                }
-                let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-                // Zombies left for a reaper to collect are not running.
-                if stat.rsplit_once(')')?.1.trim_start().starts_with('Z') {
-                    return None;
-                }
-                env.split(|&b| b == 0).any(|v| v == needle.as_bytes()).then(|| {
-                    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                    (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
-                })
+        holden_cli::processes_with_env(MARKER, &self.0.to_string_lossy())
+            .into_iter()
+            .filter(|pid| !except.contains(pid) && *pid != std::process::id() as i32)
+            .map(|pid| {
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                (pid, String::from_utf8_lossy(&cmd).replace('\0', " "))
             })
             .collect()
     }
