@@ -1,11 +1,17 @@
 //! The commands that talk to a running orchestrator over its control socket: `holden status`,
 //! `start`, `stop`, `restart`, `kill`, `logs`, `events`, `reload`; and `holden check`, which
 //! only reads a configuration file.
+//!
+//! Every call has a deadline, 5 s or `$HOLDEN_TIMEOUT`: connecting, sending and each awaited
+//! reply. Only what streams after the first reply (`logs -f`, `events`) waits without one;
+//! `events`, whose stream has no first reply of its own, first lists the services to learn
+//! that the orchestrator answers.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use holden_orchestrator::config;
 use holden_orchestrator::control::{ControlError, ReloadReply, ServiceStatus, StateChange, INTERFACE};
@@ -19,11 +25,33 @@ Options:
   -c, --config FILE      read the control socket's path from this configuration
   -h, --help             this text
 
+Environment:
+  HOLDEN_TIMEOUT         seconds (such as 0.5) to wait for the orchestrator to accept, read and
+                         answer each call (default 5); `logs -f` and `events` then follow without
+
 Exit status: 0 on success; 1 when the orchestrator reports an error (no such service,
-permission denied, reload failed...); 2 on a usage error; 3 when no orchestrator answers.
+permission denied, reload failed...); 2 on a usage error; 3 when no orchestrator answers, or
+none answers within the deadline.
 ";
 
 const UNREACHABLE: u8 = 3;
+
+/// How long a call may take, unless `$HOLDEN_TIMEOUT` says otherwise.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The deadline of each call: `$HOLDEN_TIMEOUT` (seconds, more than 0), else 5 s.
+fn timeout() -> Result<Duration, String> {
+    let Some(v) = std::env::var_os("HOLDEN_TIMEOUT").filter(|v| !v.is_empty()) else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let text = v.to_string_lossy();
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0 && *s <= 1e9)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| format!("HOLDEN_TIMEOUT: {text:?} is not a number of seconds above 0"))
+}
 
 fn usage(cmd: &str) -> &'static str {
     match cmd {
@@ -40,6 +68,7 @@ fn usage(cmd: &str) -> &'static str {
 }
 
 struct Args {
+    timeout: Duration,
     socket: Option<PathBuf>,
     config: Option<PathBuf>,
     json: bool,
@@ -50,8 +79,16 @@ struct Args {
 }
 
 fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
-    let mut a =
-        Args { socket: None, config: None, json: false, follow: false, lines: None, signal: None, names: Vec::new() };
+    let mut a = Args {
+        timeout: DEFAULT_TIMEOUT,
+        socket: None,
+        config: None,
+        json: false,
+        follow: false,
+        lines: None,
+        signal: None,
+        names: Vec::new(),
+    };
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].clone();
@@ -86,6 +123,7 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
         }
         i += 1;
     }
+    a.timeout = timeout()?;
     let n = a.names.len();
     match cmd {
         "start" | "stop" | "restart" if n == 0 => Err("name at least one service".into()),
@@ -97,16 +135,35 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
 
 type Params = serde_json::Map<String, Value>;
 
-/// A blocking Varlink client for the control socket.
+/// A blocking Varlink client for the control socket, with a deadline on every call.
 struct Client {
     stream: UnixStream,
     buf: Vec<u8>,
+    path: PathBuf,
+    timeout: Duration,
 }
 
 enum Failure {
     Unreachable(String),
+    /// The orchestrator at this path did not answer within this time.
+    Timeout(PathBuf, Duration),
     Refused(ControlError),
     Broken(String),
+}
+
+impl Failure {
+    fn text(self) -> String {
+        match self {
+            Failure::Unreachable(e) | Failure::Broken(e) => e,
+            Failure::Timeout(path, t) => format!("{} did not answer within {}s", path.display(), t.as_secs_f64()),
+            Failure::Refused(e) => e.to_string(),
+        }
+    }
+}
+
+/// Whether an I/O error is a socket timeout running out (`EAGAIN` from `SO_RCVTIMEO`).
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
 }
 
 impl Client {
@@ -116,19 +173,52 @@ impl Client {
             None => None,
         };
         let path = crate::up::control_socket_path(a.socket.as_deref(), from_config.as_deref());
-        let stream = UnixStream::connect(&path)
-            .map_err(|e| Failure::Unreachable(format!("connect to orchestrator at {}: {e}", path.display())))?;
-        Ok(Client { stream, buf: Vec::new() })
+        Client::open(&path, a.timeout)
     }
 
-    fn send(&mut self, method: &str, params: Value, more: bool) -> Result<(), Failure> {
+    /// Connects to `path` within `timeout`. A connection to a listener whose backlog is full
+    /// blocks, and std has no connect with a timeout for Unix sockets: the connect runs on a
+    /// thread of its own, left behind if it does not finish in time (the command then exits).
+    fn open(path: &Path, timeout: Duration) -> Result<Client, Failure> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let target = path.to_path_buf();
+        std::thread::spawn(move || {
+            let _ = tx.send(UnixStream::connect(target));
+        });
+        let stream = match rx.recv_timeout(timeout) {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(Failure::Unreachable(format!("connect to orchestrator at {}: {e}", path.display())))
+            }
+            Err(_) => return Err(Failure::Timeout(path.into(), timeout)),
+        };
+        Ok(Client { stream, buf: Vec::new(), path: path.into(), timeout })
+    }
+
+    /// The time left until `deadline`, or the timeout failure if none is.
+    fn left(&self, deadline: Instant) -> Result<Duration, Failure> {
+        Some(deadline.saturating_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| Failure::Timeout(self.path.clone(), self.timeout))
+    }
+
+    /// Sends a call, done by `deadline`.
+    fn send(&mut self, method: &str, params: Value, more: bool, deadline: Instant) -> Result<(), Failure> {
         let msg = holden_proto::encode_call(&format!("{INTERFACE}.{method}"), &params, more);
-        self.stream.write_all(&msg).map_err(|e| Failure::Broken(format!("send: {e}")))
+        let left = self.left(deadline)?;
+        self.stream.set_write_timeout(Some(left)).map_err(|e| Failure::Broken(format!("send: {e}")))?;
+        self.stream.write_all(&msg).map_err(|e| {
+            if timed_out(&e) {
+                Failure::Timeout(self.path.clone(), self.timeout)
+            } else {
+                Failure::Broken(format!("send: {e}"))
+            }
+        })
     }
 
     /// The next reply's parameters and whether more follow; `None` when the orchestrator
-    /// closed the connection.
-    fn recv(&mut self) -> Result<Option<(Params, bool)>, Failure> {
+    /// closed the connection. Waits until `deadline`, or for ever with `None`.
+    fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<(Params, bool)>, Failure> {
         loop {
             if let Some(end) = self.buf.iter().position(|&b| b == 0) {
                 let msg: Vec<u8> = self.buf.drain(..=end).collect();
@@ -138,19 +228,31 @@ impl Client {
                 }
                 return Ok(Some((r.parameters, r.continues)));
             }
+            let left = deadline.map(|d| self.left(d)).transpose()?;
+            self.stream.set_read_timeout(left).map_err(|e| Failure::Broken(format!("receive: {e}")))?;
             let mut chunk = [0u8; 64 * 1024];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Ok(None),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if deadline.is_some() && timed_out(&e) => {
+                    return Err(Failure::Timeout(self.path.clone(), self.timeout))
+                }
                 Err(e) => return Err(Failure::Broken(format!("receive: {e}"))),
             }
         }
     }
 
+    /// The deadline of a call that begins now.
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.timeout
+    }
+
+    /// One call and its one reply, both within the deadline.
     fn call(&mut self, method: &str, params: Value) -> Result<Params, Failure> {
-        self.send(method, params, false)?;
-        match self.recv()? {
+        let deadline = self.deadline();
+        self.send(method, params, false, deadline)?;
+        match self.recv(Some(deadline))? {
             Some((p, _)) => Ok(p),
             None => Err(Failure::Broken("the orchestrator closed the connection".into())),
         }
@@ -178,6 +280,10 @@ pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
         Ok(code) => code,
         Err(Failure::Unreachable(e)) => {
             eprintln!("holden {cmd}: {e}");
+            ExitCode::from(UNREACHABLE)
+        }
+        Err(f @ Failure::Timeout(..)) => {
+            eprintln!("holden: {}", f.text());
             ExitCode::from(UNREACHABLE)
         }
         Err(Failure::Refused(e)) => {
@@ -230,9 +336,13 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
         }
         "logs" => {
             let params = serde_json::json!({ "name": a.names[0], "lines": a.lines.unwrap_or(10) });
-            c.send("Logs", params, a.follow)?;
+            let deadline = c.deadline();
+            c.send("Logs", params, a.follow, deadline)?;
             let mut out = std::io::stdout().lock();
-            while let Some((p, continues)) = c.recv()? {
+            // The first reply (the last lines) within the deadline; with -f, then new lines as
+            // they come, however long that takes.
+            let mut deadline = Some(deadline);
+            while let Some((p, continues)) = c.recv(deadline.take())? {
                 let lines: Vec<String> = field(&p, "lines")?;
                 for l in lines {
                     if writeln!(out, "{l}").and_then(|_| out.flush()).is_err() {
@@ -245,9 +355,13 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
             }
         }
         "events" => {
-            c.send("Events", serde_json::json!({}), true)?;
+            // Events replies only when something changes: a List first shows, within the
+            // deadline, that the orchestrator answers; the events then come when they come.
+            c.call("List", serde_json::json!({}))?;
+            let deadline = c.deadline();
+            c.send("Events", serde_json::json!({}), true, deadline)?;
             let mut out = std::io::stdout().lock();
-            while let Some((p, _)) = c.recv()? {
+            while let Some((p, _)) = c.recv(None)? {
                 let e: StateChange = field(&p, "event")?;
                 let line = if a.json {
                     serde_json::to_string(&e).expect("plain struct")
@@ -273,14 +387,9 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
 
 /// Every service of the orchestrator on `socket` (for the demo's status view).
 pub fn list(socket: &std::path::Path) -> Result<Vec<ServiceStatus>, String> {
-    let stream = UnixStream::connect(socket).map_err(|e| format!("connect to {}: {e}", socket.display()))?;
-    let mut c = Client { stream, buf: Vec::new() };
-    let text = |f: Failure| match f {
-        Failure::Unreachable(e) | Failure::Broken(e) => e,
-        Failure::Refused(e) => e.to_string(),
-    };
-    let reply = c.call("List", serde_json::json!({})).map_err(text)?;
-    field(&reply, "services").map_err(text)
+    let mut c = Client::open(socket, timeout()?).map_err(Failure::text)?;
+    let reply = c.call("List", serde_json::json!({})).map_err(Failure::text)?;
+    field(&reply, "services").map_err(Failure::text)
 }
 
 /// `1h02m`, `3m04s`, `5.2s`.

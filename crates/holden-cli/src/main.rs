@@ -59,6 +59,20 @@ fn main() -> ExitCode {
         "status" | "start" | "stop" | "restart" | "kill" | "logs" | "events" | "reload" => ctl::main(&cmd, rest),
         "ping" | "info" => query::main(&cmd, rest),
         "agent" => holden_agent::main_with_args(rest),
+        // The log-pipe holder `holden up` starts for itself (not for direct use).
+        "fdholder" => match rest.as_slice() {
+            [socket] => match holden_supervisor::holder::serve(std::path::Path::new(socket)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("holden fdholder: {e}");
+                    ExitCode::from(1)
+                }
+            },
+            _ => {
+                eprintln!("holden fdholder: usage: holden fdholder SOCKET (started by holden up)");
+                ExitCode::from(2)
+            }
+        },
         "-h" | "--help" | "help" => {
             print!("{HELP}");
             ExitCode::SUCCESS

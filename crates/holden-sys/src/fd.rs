@@ -78,3 +78,14 @@ pub fn stdio(n: i32) -> BorrowedFd<'static> {
     // a program that closes its own stdio gets EBADF from the calls that use them, not UB.
     unsafe { BorrowedFd::borrow_raw(n) }
 }
+
+/// Sets a pipe's capacity: `fcntl(F_SETPIPE_SZ)`. Returns the capacity the kernel chose (at
+/// least `bytes`, rounded up to a power of two pages), or an error (`EPERM` above
+/// `/proc/sys/fs/pipe-max-size` for an unprivileged caller, `EBUSY` below what it holds).
+/// Man page: <https://man7.org/linux/man-pages/man2/fcntl.2.html>.
+pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
+    let want = libc::c_int::try_from(bytes).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: F_SETPIPE_SZ takes an int and changes only the pipe behind a borrowed descriptor.
+    let got = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, want) })?;
+    Ok(got as usize)
+}

@@ -180,3 +180,41 @@ pub fn take_listen_fds() -> Vec<OwnedFd> {
         })
         .collect()
 }
+
+/// Starts a connection to the Unix stream socket at `path` without waiting:
+/// `socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC)` then `connect(2)`.
+///
+/// The returned socket is non-blocking. A listener whose backlog is full makes this fail with
+/// `EAGAIN` (`ErrorKind::WouldBlock`) at once, where a blocking connect would wait for the
+/// listener; a path that is too long for `sun_path` is `InvalidInput`.
+/// Man pages: <https://man7.org/linux/man-pages/man2/connect.2.html>,
+/// <https://man7.org/linux/man-pages/man7/unix.7.html>.
+pub fn connect_nonblocking(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is an empty address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path empty, too long or with a NUL byte"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes for the duration of the call.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        // A Unix stream connect either completes or fails; EINPROGRESS is not expected, but
+        // if a kernel reports it, the socket becomes writable once connected.
+        if e.raw_os_error() != Some(libc::EINPROGRESS) {
+            return Err(e);
+        }
+    }
+    Ok(std::os::unix::net::UnixStream::from(fd))
+}

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use holden_proto::{Rlimit as WireRlimit, SpawnParams};
 use holden_sys::process::{self, Rlimit, SpawnError, SpawnSpec};
 
-use crate::{Agent, Child, Error};
+use crate::{Agent, Child, Error, PendingSpawn};
 
 /// Where a child's stdin, stdout or stderr comes from.
 #[derive(Debug)]
@@ -271,6 +271,27 @@ impl Command {
     /// and security context; the caller gets its pidfd.
     pub fn spawn_via(&mut self, agent: &mut Agent) -> Result<Child, Error> {
         self.check()?;
+        let null = open_null_if(self.stdio[1..].iter().any(|s| matches!(s, Some(Stdio::Null))))?;
+        let (params, fds) = self.wire(null.as_ref())?;
+        agent.spawn(&params, &fds)
+    }
+
+    /// Starts a spawn through the agent listening on `path` without waiting for it: the
+    /// connection is non-blocking and the caller's event loop drives the returned
+    /// [`PendingSpawn`] by readiness. `exit_stream` asks for the exit stream (needed where the
+    /// kernel has no `PIDFD_INFO_EXIT`). The command's descriptors are duplicated, so the
+    /// command can be dropped at once.
+    pub fn spawn_pending(&self, path: &std::path::Path, exit_stream: bool) -> Result<PendingSpawn, Error> {
+        self.check()?;
+        let null = open_null_if(self.stdio[1..].iter().any(|s| matches!(s, Some(Stdio::Null))))?;
+        let (params, fds) = self.wire(null.as_ref())?;
+        let fds = fds.iter().map(|f| f.try_clone_to_owned()).collect::<Result<Vec<_>, _>>().map_err(Error::Io)?;
+        let message = holden_proto::encode_call("io.holden.Agent.Spawn", &params, exit_stream);
+        PendingSpawn::start(path, message, fds)
+    }
+
+    /// The `Spawn` parameters and the descriptors they index.
+    fn wire<'a>(&'a self, null: Option<&'a File>) -> Result<(SpawnParams, Vec<BorrowedFd<'a>>), Error> {
         let argv = std::iter::once(&self.program)
             .chain(&self.args)
             .map(|a| utf8("argument", a).map(str::to_owned))
@@ -295,7 +316,6 @@ impl Command {
             (None, Some(entries(true)?))
         };
         let cwd = self.cwd.as_ref().map(|c| utf8("directory", c.as_os_str()).map(str::to_owned)).transpose()?;
-        let null = open_null_if(self.stdio[1..].iter().any(|s| matches!(s, Some(Stdio::Null))))?;
         let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
         let mut index = [None; 3];
         for (i, s) in self.stdio.iter().enumerate() {
@@ -303,7 +323,7 @@ impl Command {
                 None => None,
                 // The agent's default stdin is already /dev/null.
                 Some(Stdio::Null) if i == 0 => None,
-                Some(Stdio::Null) => null.as_ref().map(|f| f.as_fd()),
+                Some(Stdio::Null) => null.map(|f| f.as_fd()),
                 Some(Stdio::Inherit) => Some(caller_stdio(i)),
                 Some(Stdio::Fd(fd)) => Some(fd.as_fd()),
             };
@@ -329,7 +349,7 @@ impl Command {
                     .collect()
             }),
         };
-        agent.spawn(&params, &fds)
+        Ok((params, fds))
     }
 }
 

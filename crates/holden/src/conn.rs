@@ -25,6 +25,11 @@ impl Conn {
         Ok(Conn { stream, buf: Vec::new(), scratch: vec![0; 4096] })
     }
 
+    /// A connection already open, with bytes already read from it.
+    pub(crate) fn from_parts(stream: UnixStream, buf: Vec<u8>) -> Conn {
+        Conn { stream, buf, scratch: vec![0; 4096] }
+    }
+
     pub(crate) fn stream(&self) -> &UnixStream {
         &self.stream
     }

@@ -33,10 +33,12 @@ mod agent;
 mod child;
 mod command;
 mod conn;
+mod pending;
 
 pub use agent::{Agent, DEFAULT_SOCKET};
 pub use child::{Child, ExitStatus};
 pub use command::{Command, Stdio};
+pub use pending::{Interest, PendingSpawn};
 pub use holden_proto::{AgentError, Features, GetInfoReply as AgentInfo};
 
 use std::io;

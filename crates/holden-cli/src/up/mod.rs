@@ -4,19 +4,13 @@
 //! signalfd, and an epoll timeout set to the earliest deadline (none when idle, so an idle
 //! orchestrator never wakes up).
 //!
-//! The per-service decisions are `holden_orchestrator::machine::next`; this module only
-//! carries out its actions and feeds it events.
+//! This file is only the command line; the supervisor is the `holden-supervisor` crate.
 
-mod conn;
-mod daemon;
-mod logs;
-mod notify;
-mod state;
-
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub use daemon::Access;
+use holden_supervisor::{Access, Options};
+
+pub use holden_supervisor::control_socket_path;
 
 const HELP: &str = "\
 Usage: holden up [-c FILE] [--control-socket PATH] [--socket-mode MODE]
@@ -50,55 +44,15 @@ use), 2 on a usage error.
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/holden/holden.toml";
 
-/// `holden up`'s options.
-pub struct Options {
-    pub config: PathBuf,
-    pub control_socket: Option<PathBuf>,
-    pub socket_mode: u32,
-    pub access: Access,
-}
-
-/// The control socket: the flag, else `$HOLDEN_CONTROL_SOCKET`, else the configuration's,
-/// else the default for this user.
-pub fn control_socket_path(flag: Option<&Path>, from_config: Option<&Path>) -> PathBuf {
-    if let Some(p) = flag {
-        return p.into();
-    }
-    if let Some(p) = std::env::var_os("HOLDEN_CONTROL_SOCKET").filter(|p| !p.is_empty()) {
-        return p.into();
-    }
-    if let Some(p) = from_config {
-        return p.into();
-    }
-    if holden_sys::fd::geteuid() == 0 {
-        return "/run/holden/orchestrator.sock".into();
-    }
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("holden-{}", holden_sys::fd::geteuid())));
-    runtime.join("holden/orchestrator.sock")
-}
-
-/// The state directory (logs, state file): the configuration's, else the default for this user.
-pub fn state_dir(from_config: Option<&Path>) -> PathBuf {
-    if let Some(p) = from_config {
-        return p.into();
-    }
-    if holden_sys::fd::geteuid() == 0 {
-        return "/var/lib/holden".into();
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("holden")
-}
-
 fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
-    let mut o =
-        Options { config: DEFAULT_CONFIG.into(), control_socket: None, socket_mode: 0o660, access: Access::default() };
+    let holder = std::env::current_exe().ok().map(|exe| vec![exe.into_os_string(), "fdholder".into()]);
+    let mut o = Options {
+        config: DEFAULT_CONFIG.into(),
+        control_socket: None,
+        socket_mode: 0o660,
+        access: Access::default(),
+        holder,
+    };
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_str();
@@ -136,7 +90,13 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
 
 pub fn main(args: Vec<String>) -> ExitCode {
     match parse(args) {
-        Ok(Some(o)) => daemon::run(o),
+        Ok(Some(o)) => match holden_supervisor::run(o) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("holden up: {e}");
+                ExitCode::from(1)
+            }
+        },
         Ok(None) => {
             print!("{HELP}");
             ExitCode::SUCCESS

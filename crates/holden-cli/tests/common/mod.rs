@@ -270,3 +270,228 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+// ---- For fault tests (up_faults.rs): waiting, counting, the orphan reaper, mounts ----------
+
+/// Waits until `cond` holds, polling every 10 ms; fails naming `what` (and what `detail`
+/// says then) after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, detail: impl Fn() -> String) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", detail());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until `f` returns something, polling every 10 ms; fails naming `what` after `timeout`.
+pub fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The command line of `pid` as `Dir::leftovers` shows it (arguments joined by spaces), or
+/// `None` if it is gone.
+pub fn cmdline(pid: i32) -> Option<String> {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&cmd).replace('\0', " "))
+}
+
+impl Dir {
+    /// The marker-carrying processes whose command line is exactly `argv`. (The marker alone
+    /// also finds holden up, agents and helpers such as `holden fdholder`.)
+    pub fn pids_of(&self, argv: &[&str]) -> Vec<i32> {
+        let want: String = argv.iter().map(|a| format!("{a} ")).collect();
+        self.leftovers(&[]).into_iter().filter(|(_, c)| *c == want).map(|(pid, _)| pid).collect()
+    }
+
+    /// How many marker-carrying processes run exactly `argv`.
+    pub fn count(&self, argv: &[&str]) -> usize {
+        self.pids_of(argv).len()
+    }
+}
+
+impl Up {
+    /// Runs `holden up` on `services` like `start_with`, without waiting for its control
+    /// socket, through `prefix`: the program and arguments before `up -c CONFIG`, `[HOLDEN]`
+    /// or a wrapper that execs it (`["sh", "-c", "umask 000; exec \"$0\" \"$@\"", HOLDEN]`).
+    /// With `stderr_apart`, stderr goes to a file of its own (`errors()`), so `output()` is
+    /// stdout alone.
+    pub fn spawn(dir: &Dir, services: &str, prefix: &[&str], stderr_apart: bool) -> Up {
+        static RUN: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let config = dir.path("holden.toml");
+        write_config(dir, services);
+        let socket = dir.path("control.sock");
+        let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let out = dir.path(&format!("spawned-{n}.out"));
+        let log = std::fs::File::create(&out).unwrap();
+        let err = if stderr_apart {
+            std::fs::File::create(out.with_extension("err")).unwrap()
+        } else {
+            log.try_clone().unwrap()
+        };
+        let (program, args) = prefix.split_first().expect("a program");
+        let proc = Command::new(program)
+            .args(args)
+            .args(["up", "-c"])
+            .arg(&config)
+            .env(MARKER, &dir.0)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap();
+        Up { proc, config, socket, out }
+    }
+
+    /// What `holden up` printed on stderr, when it went apart (`Up::spawn`).
+    pub fn errors(&self) -> String {
+        std::fs::read_to_string(self.out.with_extension("err")).unwrap_or_default()
+    }
+
+    /// Whether the `holden up` process still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.proc.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL (no clean shutdown: the services run on), and waits for it.
+    pub fn crash(mut self) {
+        kill(self.pid(), 9);
+        self.proc.wait().unwrap();
+    }
+}
+
+/// Runs a short command to its end, holding `SHORT_CHILD` so the orphan reaper leaves it to std.
+pub fn run_short(cmd: &mut Command) -> Output {
+    short_child(|| cmd.stdin(Stdio::null()).output().unwrap())
+}
+
+/// Runs a command for at most `timeout` (then SIGKILLs it), holding `SHORT_CHILD`: its output,
+/// `None` if it had to be killed, and how long it ran.
+pub fn run_with_deadline(cmd: &mut Command, timeout: Duration) -> (Option<Output>, Duration) {
+    short_child(|| {
+        let start = Instant::now();
+        let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let drain = |mut r: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut v = Vec::new();
+                let _ = r.read_to_end(&mut v);
+                v
+            })
+        };
+        let out = drain(Box::new(child.stdout.take().unwrap()));
+        let err = drain(Box::new(child.stderr.take().unwrap()));
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break Some(s);
+            }
+            if start.elapsed() >= timeout {
+                let _ = child.kill();
+                child.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let took = start.elapsed();
+        let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+        (status.map(|status| Output { status, stdout, stderr }), took)
+    })
+}
+
+/// Whether `pid` exists and is not a zombie.
+pub fn alive(pid: i32) -> bool {
+    holden_cli::is_running(pid)
+}
+
+/// SIGSTOPs `pid` now and SIGCONTs it after `d`, from a thread of its own (so even a failing
+/// test does not leave it stopped); join the handle to wait for the SIGCONT.
+pub fn stop_for(pid: i32, d: Duration) -> std::thread::JoinHandle<()> {
+    kill(pid, 19);
+    std::thread::spawn(move || {
+        std::thread::sleep(d);
+        kill(pid, 18);
+    })
+}
+
+/// A stopped process (SIGSTOP), continued (SIGCONT) when this is dropped.
+pub struct Stopped(pub i32);
+
+impl Stopped {
+    pub fn new(pid: i32) -> Stopped {
+        kill(pid, 19);
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        kill(self.0, 18);
+    }
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (so before a `Dir` declared earlier
+/// removes the directory), also when the test fails.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (`1m`) at `path`, creating the directory.
+    pub fn mount(path: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(path).unwrap();
+        let out = run_short(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path));
+        assert!(out.status.success(), "mount a tmpfs at {}: {}", path.display(), stderr(&out));
+        Tmpfs(path.into())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if !run_short(Command::new("umount").arg(&self.0)).status.success() {
+            run_short(Command::new("umount").arg("-l").arg(&self.0));
+        }
+    }
+}
+
+/// Held by tests that count processes machine-wide or measure rates, so they run one at a
+/// time even without `--test-threads=1`.
+pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The test process's own orphans' reaper (a copy of up_crash.rs's): when `holden up` is
+/// SIGKILLed, its services are re-parented to the test process, a child subreaper as systemd
+/// or a container's init would be, and this reaps them (this VM's PID 1 does not). It leaves
+/// alone the pids given to `protect` (orchestrators and agents that tests wait for themselves)
+/// and, through `SHORT_CHILD`, the short commands tests run. Once started, it runs for the
+/// rest of the test binary: every child a test waits for must then be protected.
+pub fn reaper() {
+    static START: std::sync::Once = std::sync::Once::new();
+    START.call_once(|| {
+        holden_sys::process::set_child_subreaper().unwrap();
+        std::thread::spawn(|| loop {
+            let reaped = {
+                // Not while a short-lived child of a test runs: std must reap that one itself.
+                let _guard = SHORT_CHILD.lock().unwrap_or_else(|e| e.into_inner());
+                match holden_sys::process::peek_exited_child() {
+                    Ok(Some(pid)) if !PROTECTED.lock().unwrap().contains(&pid) => {
+                        holden_sys::process::reap_pid(pid).is_ok()
+                    }
+                    _ => false,
+                }
+            };
+            if !reaped {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+    });
+}
+
+static PROTECTED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the reaper off `pid`, a child the test waits for itself.
+pub fn protect(pid: i32) {
+    PROTECTED.lock().unwrap().push(pid);
+}

@@ -1,0 +1,258 @@
+//! The control socket, `io.holden.Orchestrator`: accepting connections, answering calls,
+//! and streaming logs and events to the connections that follow them. A follower that falls
+//! too far behind is dropped; supervision never waits for a reader.
+
+use holden_orchestrator::control::{self, ControlError, Request, ServiceStatus, INTERFACE};
+use holden_orchestrator::machine::{Event, Wanted};
+use holden_sys::event::{READABLE, WRITABLE};
+use holden_sys::socket;
+
+use crate::conn::{Conn, Follow, Input};
+use crate::logs::LogFile;
+use crate::supervisor::{exit_text, say, Supervisor, Svc, Target};
+
+impl Supervisor {
+
+    pub(crate) fn accept(&mut self) {
+        loop {
+            let stream = match self.listener.listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE and the like: leave the rest in the backlog for the next wake-up.
+                    say(&format!("control socket: accept: {e}"));
+                    return;
+                }
+            };
+            let Ok(cred) = socket::peer_cred(&stream) else { continue };
+            if stream.set_nonblocking(true).is_err() {
+                continue;
+            }
+            let token = self.token();
+            if self.epoll.add(&stream, token, READABLE).is_ok() {
+                self.targets.insert(token, Target::Conn(Conn::new(stream, cred)));
+            }
+        }
+    }
+
+    pub(crate) fn on_conn(&mut self, token: u64, events: u32) {
+        let Some(Target::Conn(mut conn)) = self.targets.remove(&token) else { return };
+        if events & WRITABLE != 0 {
+            conn.flush();
+        }
+        if events & READABLE != 0 || events & (libc::EPOLLHUP as u32) != 0 {
+            match conn.read() {
+                Input::Closed => conn.closing = true,
+                Input::Messages(msgs) => {
+                    for msg in msgs {
+                        self.call(&mut conn, &msg);
+                    }
+                }
+            }
+        }
+        if conn.closing && (conn.done() || events & (libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0) {
+            self.followers.remove(&token);
+            let _ = self.epoll.delete(&conn.stream);
+            return;
+        }
+        if conn.follow.is_some() {
+            self.followers.insert(token);
+        }
+        let interest = if conn.pending() { READABLE | WRITABLE } else { READABLE };
+        let _ = self.epoll.modify(&conn.stream, token, interest);
+        self.targets.insert(token, Target::Conn(conn));
+    }
+
+    /// Sends the message `make` builds to every connection following what `wants` accepts,
+    /// building it only if there is one; drops followers that are too slow.
+    pub(crate) fn broadcast(&mut self, wants: impl Fn(&Follow) -> bool, make: impl FnOnce() -> Vec<u8>) {
+        let mut make = Some(make);
+        let mut msg = Vec::new();
+        let mut dead = Vec::new();
+        for token in &self.followers {
+            let Some(Target::Conn(c)) = self.targets.get_mut(token) else { continue };
+            if !c.follow.as_ref().is_some_and(&wants) {
+                continue;
+            }
+            if let Some(make) = make.take() {
+                msg = make();
+            }
+            c.send(&msg);
+            if c.closing {
+                dead.push(*token);
+            } else {
+                let interest = if c.pending() { READABLE | WRITABLE } else { READABLE };
+                let _ = self.epoll.modify(&c.stream, *token, interest);
+            }
+        }
+        for t in dead {
+            self.followers.remove(&t);
+            if let Some(Target::Conn(c)) = self.targets.remove(&t) {
+                let _ = self.epoll.delete(&c.stream);
+            }
+        }
+    }
+
+    fn call(&mut self, conn: &mut Conn, msg: &[u8]) {
+        let call = match holden_proto::parse_call(msg) {
+            Ok(c) => c,
+            Err(e) => {
+                conn.send(&ControlError::InvalidParameter { parameter: e.to_string() }.encode());
+                conn.closing = true;
+                return;
+            }
+        };
+        let reply = control::parse_request(&call.method, &call.parameters).and_then(|req| {
+            if (req.mutates() || matches!(req, Request::Logs(..))) && !self.access.allows(&conn.cred) {
+                return Err(ControlError::PermissionDenied { uid: conn.cred.uid });
+            }
+            self.answer(req, call.more, conn)
+        });
+        if call.oneway {
+            return;
+        }
+        match reply {
+            Ok(Some(params)) => conn.send(&holden_proto::encode_reply(&params, conn.follow.is_some())),
+            Ok(None) => {}
+            Err(e) => conn.send(&e.encode()),
+        }
+    }
+
+    fn status(&self, name: &str) -> Result<ServiceStatus, ControlError> {
+        let s = self.services.get(name).ok_or_else(|| ControlError::NoSuchService { name: name.into() })?;
+        Ok(ServiceStatus {
+            name: name.into(),
+            state: s.m.state.name().into(),
+            wanted: if s.m.wanted == Wanted::Up { "up" } else { "down" }.into(),
+            pid: s.m.pid,
+            since_ms: s.m.since.elapsed().as_millis() as u64,
+            restarts: s.m.restarts,
+            last_exit: s.m.last_exit.map(exit_text),
+            last_error: s.m.last_error.clone(),
+            agent: s.cfg.agent.clone(),
+        })
+    }
+
+    fn known(&self, names: &[String]) -> Result<(), ControlError> {
+        match names.iter().find(|n| !self.services.contains_key(*n)) {
+            Some(n) => Err(ControlError::NoSuchService { name: n.clone() }),
+            None => Ok(()),
+        }
+    }
+
+    /// In dependency order (`rev` for stopping).
+    pub(crate) fn ordered(&self, names: &[String], rev: bool) -> Vec<String> {
+        let mut v: Vec<String> = self.order.iter().filter(|n| names.contains(n)).cloned().collect();
+        if rev {
+            v.reverse();
+        }
+        v
+    }
+
+    /// Carries out one request; `Ok(None)` when the reply comes later (a stream).
+    fn answer(&mut self, req: Request, more: bool, conn: &mut Conn) -> Result<Option<serde_json::Value>, ControlError> {
+        let empty = serde_json::json!({});
+        match req {
+            Request::List => {
+                let list: Vec<ServiceStatus> = self.order.iter().filter_map(|n| self.status(n).ok()).collect();
+                let state_error = self.state_error.as_ref().map(|e| e.0.clone());
+                Ok(Some(serde_json::json!({ "services": list, "state_file_error": state_error })))
+            }
+            Request::Status(name) => Ok(Some(serde_json::json!({ "service": self.status(&name)? }))),
+            Request::Start(names) => {
+                self.known(&names)?;
+                if !self.shutting_down {
+                    for n in self.ordered(&names, false) {
+                        self.by_hand(&n, false);
+                        self.feed(&n, Event::Start);
+                    }
+                }
+                Ok(Some(empty))
+            }
+            Request::Stop(names) => {
+                self.known(&names)?;
+                for n in self.ordered(&names, true) {
+                    self.by_hand(&n, true);
+                    self.feed(&n, Event::Stop);
+                }
+                Ok(Some(empty))
+            }
+            Request::Restart(names) => {
+                self.known(&names)?;
+                for n in self.ordered(&names, true) {
+                    self.feed(&n, Event::Stop);
+                }
+                if !self.shutting_down {
+                    for n in self.ordered(&names, false) {
+                        self.by_hand(&n, false);
+                        self.feed(&n, Event::Start);
+                    }
+                }
+                Ok(Some(empty))
+            }
+            Request::Kill(name, sig) => {
+                let s = self.services.get(&name).ok_or_else(|| ControlError::NoSuchService { name: name.clone() })?;
+                if s.proc.is_none() {
+                    return Err(ControlError::NotRunning { name });
+                }
+                self.signal(&name, sig);
+                Ok(Some(empty))
+            }
+            Request::Reload => self.reload().map(|r| Some(serde_json::to_value(r).expect("plain struct"))),
+            Request::Logs(name, lines) => {
+                let s = self.services.get(&name).ok_or_else(|| ControlError::NoSuchService { name: name.clone() })?;
+                let tail = match &s.log {
+                    Some(l) => l.tail(lines as usize),
+                    None if Svc::logs_captured(&s.cfg) => {
+                        LogFile::open(&self.log_dir, &name, self.cfg.log_max_size, self.cfg.log_keep)
+                            .map(|l| l.tail(lines as usize))
+                            .unwrap_or_default()
+                    }
+                    None => return Err(ControlError::NoLog { name }),
+                };
+                if more {
+                    conn.follow = Some(Follow::Logs(name));
+                }
+                Ok(Some(serde_json::json!({ "lines": tail })))
+            }
+            Request::Events => {
+                if !more {
+                    return Err(ControlError::InvalidParameter {
+                        parameter: "more: Events streams, so the call needs \"more\": true".into(),
+                    });
+                }
+                conn.follow = Some(Follow::Events);
+                Ok(None)
+            }
+            Request::GetInfo => Ok(Some(
+                serde_json::to_value(holden_proto::ServiceInfo {
+                    vendor: "Holden".into(),
+                    product: "holden".into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    url: String::new(),
+                    interfaces: vec![INTERFACE.into(), holden_proto::SERVICE_INTERFACE.into()],
+                })
+                .expect("plain struct"),
+            )),
+            Request::GetInterfaceDescription(i) => match i.as_str() {
+                INTERFACE => Ok(Some(serde_json::json!({ "description": control::DESCRIPTION }))),
+                holden_proto::SERVICE_INTERFACE => {
+                    Ok(Some(serde_json::json!({ "description": holden_proto::SERVICE_DESCRIPTION })))
+                }
+                _ => Err(ControlError::InterfaceNotFound { interface: i }),
+            },
+        }
+    }
+
+
+    /// Records that the operator stopped (or started) a service by hand: it survives a crash.
+    fn by_hand(&mut self, name: &str, stopped: bool) {
+        if let Some(s) = self.services.get_mut(name) {
+            if s.stopped_by_hand != stopped {
+                s.stopped_by_hand = stopped;
+                self.state_dirty = true;
+            }
+        }
+    }
+}

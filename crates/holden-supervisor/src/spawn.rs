@@ -1,0 +1,249 @@
+//! Spawning, locally or through an agent, without ever waiting in the loop.
+//!
+//! A local spawn is `clone` + `exec` (microseconds). A spawn through an agent is an
+//! [`InFlight`] call: a non-blocking connection, the call sent, the reply awaited through epoll
+//! with a deadline of [`AGENT_TIMEOUT`]. A hung, slow or dead agent delays only its own
+//! services. A call whose deadline passes is abandoned but not forgotten: if the agent answers
+//! later, the process it started is killed at once, so a late reply never leaves a duplicate.
+//!
+//! Every process gets `HOLDEN_SPAWN=RUN.N` in its environment (see [`crate::state`]).
+
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use holden_orchestrator::config::{KillMode, Output};
+use holden_orchestrator::machine::{Event, Wanted};
+use holden_sys::event::{READABLE, WRITABLE};
+
+use crate::state::{self, TAG_VAR};
+use crate::supervisor::{say, Proc, Supervisor, Target, SPAWN_BUDGET};
+
+/// How long a spawn through an agent may take before the agent counts as unreachable.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long an abandoned call is kept, to kill what a late reply brings.
+const ABANDONED_KEEP: Duration = Duration::from_secs(60);
+/// The capacity asked for each log pipe, so a service can keep writing for a while when no
+/// supervisor reads (after a crash, until the next one takes the pipe back from the holder).
+const PIPE_SIZE: usize = 1024 * 1024;
+
+/// A spawn through an agent, in flight.
+pub struct InFlight {
+    /// The service (for an abandoned call: none, whatever comes is killed).
+    service: Option<String>,
+    call: holden::PendingSpawn,
+    /// The read ends of the service's log pipes, watched once the spawn succeeds.
+    pipes: Vec<(&'static str, OwnedFd)>,
+    tag: String,
+    /// When the call is given up (or, abandoned, forgotten).
+    pub(crate) deadline: Instant,
+}
+
+/// A spawn's failure as the state machine sees it: unreachable agents are transient.
+fn transient(e: &holden::Error) -> bool {
+    matches!(
+        e,
+        holden::Error::Connect { .. }
+            | holden::Error::Io(_)
+            | holden::Error::Timeout(_)
+            | holden::Error::Disconnected
+            | holden::Error::Protocol(_)
+            | holden::Error::Agent(holden::AgentError::TooManyClients { .. })
+    )
+}
+
+impl Supervisor {
+    /// Starts queued spawns, at most [`SPAWN_BUDGET`] per iteration.
+    pub(crate) fn run_spawns(&mut self) {
+        let mut budget = SPAWN_BUDGET;
+        // What this iteration takes on; spawns queued meanwhile wait for the next one.
+        let mut queue = std::mem::take(&mut self.spawn_queue);
+        while let Some(name) = queue.pop_front() {
+            let wanted_down = self.services.get(&name).is_none_or(|s| s.m.wanted == Wanted::Down);
+            if self.shutting_down || wanted_down {
+                // The machine waits in Starting for an answer: the spawn did not happen.
+                let error = "stopped before it started".into();
+                self.feed(&name, Event::SpawnFailed { error, transient: false });
+                continue;
+            }
+            if budget == 0 {
+                queue.push_front(name);
+                queue.append(&mut self.spawn_queue);
+                self.spawn_queue = queue;
+                return;
+            }
+            budget -= 1;
+            self.spawn(&name);
+        }
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let Some(svc) = self.services.get(name) else { return };
+        let cfg = svc.cfg.clone();
+        self.spawn_seq += 1;
+        let tag = format!("{}.{}", self.run_id, self.spawn_seq);
+        let mut cmd = holden::Command::new(&cfg.command[0]);
+        cmd.args(&cfg.command[1..]).envs(&cfg.env).env(TAG_VAR, &tag).stdin(holden::Stdio::null());
+        if let Some(cwd) = &cfg.cwd {
+            cmd.current_dir(cwd);
+        }
+        if cfg.kill_mode == KillMode::Group {
+            cmd.setsid(true);
+        }
+        if let (None, Some((soft, hard))) = (&cfg.agent, self.child_nofile) {
+            cmd.rlimit("nofile", Some(soft), Some(hard));
+        }
+        let mut pipes = Vec::new();
+        for (which, out) in [("stdout", &cfg.stdout), ("stderr", &cfg.stderr)] {
+            let stdio = match out {
+                Output::Inherit => holden::Stdio::Inherit,
+                Output::Null => holden::Stdio::Null,
+                Output::File(path) => match OpenOptions::new().create(true).append(true).mode(0o640).open(path) {
+                    Ok(f) => holden::Stdio::from(f),
+                    Err(e) => {
+                        let error = format!("open {which} file {}: {e}", path.display());
+                        return self.feed(name, Event::SpawnFailed { error, transient: false });
+                    }
+                },
+                Output::Log => match std::io::pipe() {
+                    Ok((r, w)) => {
+                        let _ = holden_sys::fd::set_pipe_size(r.as_fd(), PIPE_SIZE);
+                        pipes.push((which, OwnedFd::from(r)));
+                        holden::Stdio::from(OwnedFd::from(w))
+                    }
+                    Err(e) => {
+                        let error = format!("pipe for {which}: {e}");
+                        return self.feed(name, Event::SpawnFailed { error, transient: false });
+                    }
+                },
+            };
+            if which == "stdout" {
+                cmd.stdout(stdio);
+            } else {
+                cmd.stderr(stdio);
+            }
+        }
+        let Some(agent) = &cfg.agent else {
+            let result = cmd.spawn();
+            // The pipes' write ends now live only in the child.
+            drop(cmd);
+            return match result {
+                Ok(child) => self.spawned(name, child, pipes, tag),
+                Err(e) => self.feed(name, Event::SpawnFailed { error: e.to_string(), transient: false }),
+            };
+        };
+        let path = self.cfg.agents.get(agent).map(|a| a.socket.clone()).unwrap_or_default();
+        let result = cmd.spawn_pending(&path, self.exit_stream);
+        drop(cmd);
+        let call = match result {
+            Ok(c) => c,
+            Err(e) => {
+                let transient = transient(&e);
+                return self.feed(name, Event::SpawnFailed { error: e.to_string(), transient });
+            }
+        };
+        let token = self.token();
+        let interest = match call.interest() {
+            holden::Interest::Writable => WRITABLE,
+            holden::Interest::Readable => READABLE,
+        };
+        if let Err(e) = self.epoll.add(&call, token, interest) {
+            return self.feed(name, Event::SpawnFailed { error: format!("epoll: {e}"), transient: true });
+        }
+        let deadline = Instant::now() + AGENT_TIMEOUT;
+        self.targets.insert(token, Target::Spawn(InFlight { service: Some(name.into()), call, pipes, tag, deadline }));
+        if let Some(svc) = self.services.get_mut(name) {
+            svc.in_flight = Some(token);
+        }
+    }
+
+    /// An agent call is ready: move it on.
+    pub(crate) fn on_spawn_ready(&mut self, token: u64) {
+        let Some(Target::Spawn(f)) = self.targets.get_mut(&token) else { return };
+        let result = f.call.advance();
+        if let Ok(None) = result {
+            let interest = match f.call.interest() {
+                holden::Interest::Writable => WRITABLE,
+                holden::Interest::Readable => READABLE,
+            };
+            let _ = self.epoll.modify(&f.call, token, interest);
+            return;
+        }
+        let Some(Target::Spawn(f)) = self.targets.remove(&token) else { return };
+        let _ = self.epoll.delete(&f.call);
+        let InFlight { service, pipes, tag, .. } = f;
+        let Some(name) = service else {
+            // Abandoned: whatever the agent started late is not wanted.
+            if let Ok(Some(child)) = result {
+                say(&format!("a late reply from an agent brought pid {:?}; killing it", child.pid()));
+                let _ = holden_sys::process::pidfd_send_signal(child.pidfd(), libc::SIGKILL);
+            }
+            return;
+        };
+        if let Some(svc) = self.services.get_mut(&name) {
+            svc.in_flight = None;
+        }
+        match result {
+            Ok(Some(child)) => self.spawned(&name, child, pipes, tag),
+            Ok(None) => unreachable!("handled above"),
+            Err(e) => {
+                let transient = transient(&e);
+                self.feed(&name, Event::SpawnFailed { error: e.to_string(), transient });
+            }
+        }
+    }
+
+    /// Gives up agent calls past their deadline (the service retries), and forgets abandoned
+    /// calls kept long enough.
+    pub(crate) fn expire_spawns(&mut self, now: Instant) {
+        let due: Vec<u64> = self
+            .targets
+            .iter()
+            .filter(|(_, t)| matches!(t, Target::Spawn(f) if f.deadline <= now))
+            .map(|(k, _)| *k)
+            .collect();
+        for token in due {
+            let Some(Target::Spawn(f)) = self.targets.get_mut(&token) else { continue };
+            match f.service.take() {
+                Some(name) => {
+                    f.deadline = now + ABANDONED_KEEP;
+                    f.pipes.clear();
+                    if let Some(svc) = self.services.get_mut(&name) {
+                        svc.in_flight = None;
+                    }
+                    let agent = self.services.get(&name).and_then(|s| s.cfg.agent.clone()).unwrap_or_default();
+                    let error = format!("agent {agent} did not answer within {AGENT_TIMEOUT:?}");
+                    self.feed(&name, Event::SpawnFailed { error, transient: true });
+                }
+                None => {
+                    if let Some(Target::Spawn(f)) = self.targets.remove(&token) {
+                        let _ = self.epoll.delete(&f.call);
+                    }
+                }
+            }
+        }
+    }
+
+    /// A spawn succeeded: record the process (the state file is written at the end of this
+    /// iteration, before the loop waits again), watch it and its pipes.
+    fn spawned(&mut self, name: &str, child: holden::Child, pipes: Vec<(&'static str, OwnedFd)>, tag: String) {
+        let pid = child.pid().unwrap_or_else(|| child.spawner_pid());
+        let Some(svc) = self.services.get_mut(name) else { return };
+        svc.identity = state::identity(child.pidfd(), pid).ok();
+        svc.start_time = crate::procfs::start_time(pid);
+        svc.tag = Some(tag.clone());
+        svc.proc = Some(Proc::Child(child));
+        self.state_dirty = true;
+        if let Err(e) = self.watch_pidfd(name) {
+            say(&format!("{name}: cannot watch pidfd: {e}"));
+        }
+        for (which, fd) in pipes {
+            if let Some(h) = &mut self.holder {
+                h.store(&format!("{name}/{which}/{tag}"), fd.as_fd());
+            }
+            self.watch_pipe(name, which, fd, Some(format!("{name}/{which}/{tag}")));
+        }
+        self.feed(name, Event::Spawned { pid });
+    }
+}

@@ -1,0 +1,819 @@
+//! The event loop and the glue to the state machine: one epoll set, events in, the machine's
+//! actions out, the state file written at the end of every iteration that changed it.
+//!
+//! An iteration: wait for readiness or the earliest deadline; handle what is ready (signals,
+//! control connections, pidfds, one read per log pipe, agent replies); fire due timers; start
+//! at most [`SPAWN_BUDGET`] queued spawns; write the state file if it changed. Spawns are
+//! queued, never started from inside the handling of another event, so a storm of failing
+//! spawns is bounded work per iteration and never recursion.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use holden_orchestrator::config::{self, Config, KillMode, Output};
+use holden_orchestrator::control::StateChange;
+use holden_orchestrator::machine::{self, Action, Event, Exit, Policy, State, Wanted};
+use holden_orchestrator::plan;
+use holden_sys::event::{Epoll, SignalFd, READABLE, WRITABLE};
+use holden_sys::process;
+
+use crate::conn::{Conn, Follow};
+use crate::holder::Holder;
+use crate::logs::{LogFile, Pipe};
+use crate::notify::Notifier;
+use crate::spawn::InFlight;
+use crate::state::{self, Identity, Intent, Snapshot, StateFile};
+use crate::{Error, Options};
+
+pub(crate) const SIGNALS: u64 = 0;
+pub(crate) const LISTENER: u64 = 1;
+pub(crate) const HOLDER: u64 = 2;
+
+/// The most spawns started in one iteration; the rest wait for the next (which does not wait).
+pub const SPAWN_BUDGET: usize = 32;
+/// After a pidfd reports an exit, how long to wait for the exit status to become readable
+/// (an agent reaps its children within microseconds; an adopted process's parent may not).
+const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
+/// How soon a failed state-file write is tried again.
+const STATE_RETRY: Duration = Duration::from_millis(200);
+
+/// A running process: spawned by this supervisor, or adopted from a predecessor.
+pub(crate) enum Proc {
+    Child(holden::Child),
+    Adopted { pidfd: OwnedFd },
+}
+
+impl Proc {
+    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
+        match self {
+            Proc::Child(c) => c.pidfd(),
+            Proc::Adopted { pidfd, .. } => pidfd.as_fd(),
+        }
+    }
+
+    /// How it ended, once the kernel (or the agent) can say.
+    fn try_exit(&mut self) -> Option<Exit> {
+        match self {
+            Proc::Child(c) => match c.try_wait() {
+                Ok(Some(s)) => Some(match (s.code(), s.signal()) {
+                    (Some(code), _) => Exit::Code(code),
+                    (None, Some(sig)) => Exit::Signal(sig),
+                    _ => Exit::Unknown,
+                }),
+                Ok(None) => None,
+                Err(_) => Some(Exit::Unknown),
+            },
+            Proc::Adopted { pidfd, .. } => {
+                if let Ok(Some(e)) = process::wait_pidfd(pidfd.as_fd(), true) {
+                    return Some(exit_of(e));
+                }
+                match process::pidfd_exit_info(pidfd.as_fd()) {
+                    Ok(Some(e)) => Some(exit_of(e)),
+                    Ok(None) => None,
+                    Err(_) => Some(Exit::Unknown),
+                }
+            }
+        }
+    }
+}
+
+fn exit_of(e: process::Exit) -> Exit {
+    match e {
+        process::Exit::Exited(c) => Exit::Code(c),
+        process::Exit::Signaled { signal, .. } => Exit::Signal(signal),
+    }
+}
+
+pub(crate) fn exit_text(e: Exit) -> String {
+    match e {
+        Exit::Code(c) => format!("code {c}"),
+        Exit::Signal(s) => format!("signal {}", crate::text::signal_name(s)),
+        Exit::Unknown => "unknown".into(),
+    }
+}
+
+/// One supervised service.
+pub(crate) struct Svc {
+    pub(crate) cfg: config::Service,
+    pub(crate) m: machine::Service,
+    pub(crate) proc: Option<Proc>,
+    /// The epoll token of the process's pidfd, while it is watched.
+    pub(crate) pidfd_token: Option<u64>,
+    pub(crate) identity: Option<Identity>,
+    pub(crate) start_time: Option<u64>,
+    /// The spawn tag of the process (`RUN.N`).
+    pub(crate) tag: Option<String>,
+    /// The epoll token of a spawn through an agent in flight.
+    pub(crate) in_flight: Option<u64>,
+    /// While an exit status is awaited: when to look again, the pause, and when to give up.
+    pub(crate) exit_check: Option<(Instant, Duration, Instant)>,
+    pub(crate) log: Option<LogFile>,
+    /// Stopped by the operator (kept across a crash).
+    pub(crate) stopped_by_hand: bool,
+    /// Settings from a reload, applied once the old process has stopped; then started again
+    /// if the flag says so.
+    pub(crate) replacement: Option<(config::Service, bool)>,
+    /// Removed by a reload: dropped once stopped.
+    pub(crate) removing: bool,
+}
+
+impl Svc {
+    pub(crate) fn new(cfg: config::Service, now: Instant) -> Svc {
+        Svc {
+            cfg,
+            m: machine::Service::new(now),
+            proc: None,
+            pidfd_token: None,
+            identity: None,
+            start_time: None,
+            tag: None,
+            in_flight: None,
+            exit_check: None,
+            log: None,
+            stopped_by_hand: false,
+            replacement: None,
+            removing: false,
+        }
+    }
+
+    fn policy(&self) -> Policy {
+        Policy {
+            restart: self.cfg.restart,
+            backoff: self.cfg.backoff,
+            start_limit: self.cfg.start_limit,
+            stop_signal: self.cfg.stop_signal,
+            stop_timeout: self.cfg.stop_timeout,
+        }
+    }
+
+    pub(crate) fn logs_captured(cfg: &config::Service) -> bool {
+        cfg.stdout == Output::Log || cfg.stderr == Output::Log
+    }
+
+    /// Settled: no process and no spawn in flight.
+    pub(crate) fn idle(&self) -> bool {
+        self.proc.is_none() && self.m.state != State::Starting
+    }
+
+    /// What survives a crash of the supervisor about this service.
+    fn intent(&self) -> Option<Intent> {
+        if self.stopped_by_hand {
+            return Some(Intent::Stopped);
+        }
+        match (self.m.state, self.m.wanted) {
+            (State::Exited, Wanted::Down) => Some(Intent::Completed),
+            (State::Failed, _) => Some(Intent::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// What an epoll token stands for.
+pub(crate) enum Target {
+    Pidfd(String),
+    Pipe(Pipe),
+    Conn(Conn),
+    Spawn(InFlight),
+}
+
+/// The supervisor: configuration, services, and every descriptor of the loop.
+pub struct Supervisor {
+    pub(crate) config_path: PathBuf,
+    pub(crate) cfg: Config,
+    pub(crate) services: BTreeMap<String, Svc>,
+    pub(crate) order: Vec<String>,
+    pub(crate) epoll: Epoll,
+    signals: SignalFd,
+    pub(crate) listener: holden_agent::listen::Listening,
+    pub(crate) access: crate::Access,
+    pub(crate) targets: HashMap<u64, Target>,
+    /// The tokens of the connections that follow logs or events.
+    pub(crate) followers: HashSet<u64>,
+    next_token: u64,
+    pub(crate) log_dir: PathBuf,
+    state_file: StateFile,
+    /// Something the state file records changed since it was last written.
+    pub(crate) state_dirty: bool,
+    /// The last write failed: why, and when to try again.
+    pub(crate) state_error: Option<(String, Instant)>,
+    /// This run's id, and earlier runs whose processes may still be around.
+    pub(crate) run_id: String,
+    pub(crate) runs: Vec<String>,
+    pub(crate) spawn_seq: u64,
+    pub(crate) spawn_queue: VecDeque<String>,
+    /// Processes that must never be signalled or adopted: PID 1, this one, its ancestors.
+    pub(crate) protected: Vec<i32>,
+    /// Ask agents for the exit stream (no `PIDFD_INFO_EXIT` here, or forced).
+    pub(crate) exit_stream: bool,
+    pub(crate) holder: Option<Holder>,
+    holder_command: Option<Vec<std::ffi::OsString>>,
+    notify: Notifier,
+    next_watchdog: Option<Instant>,
+    pub(crate) shutting_down: bool,
+    in_shutdown_pass: bool,
+    /// The descriptor limit local services get (the one this process started with).
+    pub(crate) child_nofile: Option<(u64, u64)>,
+}
+
+/// Prints one line on stdout. A stdout that fails (a closed pipe, a full disk) must not stop
+/// supervision, so errors are ignored, where `println!` would panic.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout().lock(), "{} {line}", crate::text::timestamp(SystemTime::now()));
+}
+
+/// Creates `dir` if needed and gives it exactly `mode`, whatever the umask.
+fn private_dir(dir: &Path, mode: u32) -> Result<(), Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(Error::setup(format!("create {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(Error::setup(format!("chmod {}", dir.display())))
+}
+
+fn new_run_id() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        b = (t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Supervisor {
+    /// Loads the configuration and sets up the socket, the signals and the state directory.
+    pub fn new(o: Options) -> Result<Supervisor, Error> {
+        let cfg = config::load(&o.config)?;
+        let socket_path = crate::control_socket_path(o.control_socket.as_deref(), cfg.control_socket.as_deref());
+        let state_dir = crate::state_dir(cfg.state_dir.as_deref());
+        let log_dir = state_dir.join("logs");
+        private_dir(&state_dir, 0o700)?;
+        private_dir(&log_dir, 0o750)?;
+        // Blocked before anything can start a thread or a child, so no signal is lost.
+        let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
+            .map_err(Error::setup("signalfd"))?;
+        let listener = holden_agent::listen::bind(&socket_path, o.socket_mode, None).map_err(|e| match e {
+            holden_agent::listen::ListenError::AlreadyServed(p) => Error::AlreadyServed(p),
+            e => Error::Setup { what: "control socket".into(), source: std::io::Error::other(e.to_string()) },
+        })?;
+        listener.listener.set_nonblocking(true).map_err(Error::setup("control socket"))?;
+        // Orphans of services (daemonising children) come to us to be reaped, not to PID 1.
+        let _ = process::set_child_subreaper();
+        // Each service holds a pidfd and up to two log pipes here: raise the soft limit on
+        // descriptors to the hard one. Local services get the limit we started with.
+        let nofile = process::rlimit_resource("nofile").expect("nofile is a resource");
+        let mut child_nofile = None;
+        if let Ok((soft, hard)) = holden_sys::fd::getrlimit(nofile) {
+            if soft < hard && holden_sys::fd::setrlimit(nofile, hard, hard).is_ok() {
+                child_nofile = Some((soft, hard));
+            }
+        }
+        let epoll = Epoll::new().map_err(Error::setup("epoll"))?;
+        epoll.add(&signals, SIGNALS, READABLE).map_err(Error::setup("epoll"))?;
+        epoll.add(&listener.listener, LISTENER, READABLE).map_err(Error::setup("epoll"))?;
+        let order = config::start_order(&cfg.services);
+        let now = Instant::now();
+        let services = cfg.services.iter().map(|(name, s)| (name.clone(), Svc::new(s.clone(), now))).collect();
+        let exit_stream = std::env::var_os("HOLDEN_EXIT_STREAM").is_some_and(|v| v == "1")
+            || !process::probe_features().pidfd_info_exit;
+        Ok(Supervisor {
+            config_path: o.config,
+            cfg,
+            services,
+            order,
+            epoll,
+            signals,
+            listener,
+            access: o.access,
+            targets: HashMap::new(),
+            followers: HashSet::new(),
+            next_token: HOLDER,
+            log_dir,
+            state_file: StateFile::new(&state_dir),
+            state_dirty: true,
+            state_error: None,
+            run_id: new_run_id(),
+            runs: Vec::new(),
+            spawn_seq: 0,
+            spawn_queue: VecDeque::new(),
+            protected: crate::procfs::protected_pids(),
+            exit_stream,
+            holder: None,
+            holder_command: o.holder,
+            notify: Notifier::from_env(),
+            next_watchdog: None,
+            shutting_down: false,
+            in_shutdown_pass: false,
+            child_nofile,
+        })
+    }
+
+    pub(crate) fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.state_file.path().parent().map(Path::to_path_buf).unwrap_or_default()
+    }
+
+    /// Runs until a clean shutdown.
+    pub fn run(&mut self) -> Result<(), Error> {
+        say(&format!(
+            "holden up: {} services from {}, control socket {}",
+            self.services.len(),
+            self.config_path.display(),
+            self.listener.owned_path.as_deref().unwrap_or(Path::new("?")).display()
+        ));
+        let previous = match self.state_file.read() {
+            Ok(s) => s,
+            Err(e) => {
+                say(&format!("error: state file: {e}; adopting nothing"));
+                Snapshot::default()
+            }
+        };
+        // The run id is on disk before anything is spawned, so that whatever this run starts
+        // can be told apart after a crash.
+        self.runs = previous.runs.iter().chain((!previous.run.is_empty()).then_some(&previous.run)).cloned().collect();
+        self.runs.dedup();
+        let keep_from = self.runs.len().saturating_sub(16);
+        self.runs.drain(..keep_from);
+        self.write_state();
+        self.start_holder();
+        self.adopt(previous);
+        for name in self.order.clone() {
+            if self.services[&name].m.state == State::Stopped && !self.services[&name].stopped_by_hand {
+                self.feed(&name, Event::Start);
+            }
+        }
+        // The initial spawns, before READY=1 (each pass is budgeted; a failing one that is
+        // queued again waits for the loop).
+        for _ in 0..=self.services.len() / SPAWN_BUDGET {
+            self.run_spawns();
+        }
+        self.write_state();
+        self.notify.send(&format!("READY=1\nSTATUS={}", self.summary()));
+        self.next_watchdog = self.notify.watchdog.map(|w| Instant::now() + w);
+        let mut events = Vec::new();
+        loop {
+            self.run_spawns();
+            self.write_state_if_due();
+            if self.shutting_down && self.services.values().all(Svc::idle) {
+                break;
+            }
+            self.holder_interest();
+            let timeout = if self.spawn_queue.is_empty() {
+                self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
+            events.clear();
+            self.epoll.wait(timeout, &mut events).map_err(Error::setup("epoll_wait"))?;
+            let mut sigchld = false;
+            for ev in &events {
+                match ev.token {
+                    SIGNALS => sigchld |= self.on_signals(),
+                    LISTENER => self.accept(),
+                    HOLDER => self.flush_holder(),
+                    t => self.on_ready(t, ev.events),
+                }
+            }
+            self.fire_timers();
+            if sigchld {
+                self.reap();
+            }
+        }
+        self.finish();
+        Ok(())
+    }
+
+    /// After every service is down: end what services left behind, release the holder,
+    /// remove the state file.
+    fn finish(&mut self) {
+        // Drain what the pipes still hold into the logs.
+        let pipes: Vec<u64> =
+            self.targets.iter().filter(|(_, t)| matches!(t, Target::Pipe(_))).map(|(k, _)| *k).collect();
+        for token in pipes {
+            for _ in 0..64 {
+                if !self.on_pipe(token) {
+                    break;
+                }
+            }
+        }
+        self.end_strays();
+        if let Some(h) = self.holder.take() {
+            h.shutdown();
+        }
+        self.notify.send("STATUS=stopped");
+        self.state_file.remove();
+        say("holden up: every service is down; exiting");
+    }
+
+    fn start_holder(&mut self) {
+        let Some(command) = self.holder_command.clone() else { return };
+        let socket = self.state_dir().join("fdholder.sock");
+        match Holder::connect_or_start(&socket, &command) {
+            Ok(h) => {
+                if self.epoll.add(&h, HOLDER, 0).is_ok() {
+                    self.holder = Some(h);
+                }
+            }
+            Err(e) => say(&format!("log pipe holder at {}: {e}; logs will not outlive a crash", socket.display())),
+        }
+    }
+
+    fn holder_interest(&mut self) {
+        if let Some(h) = &self.holder {
+            let interest = if h.wants_write() { WRITABLE } else { 0 };
+            let _ = self.epoll.modify(h, HOLDER, interest);
+        }
+    }
+
+    pub(crate) fn flush_holder(&mut self) {
+        let Some(h) = &mut self.holder else { return };
+        if let Err(e) = h.flush() {
+            say(&format!("log pipe holder: {e}; logs will not outlive a crash"));
+            if let Some(h) = self.holder.take() {
+                let _ = self.epoll.delete(&h);
+            }
+        }
+    }
+
+    /// The one-line summary used for systemd's STATUS=.
+    fn summary(&self) -> String {
+        let count = |s: State| self.services.values().filter(|v| v.m.state == s).count();
+        format!(
+            "{} services: {} running, {} backing off, {} failed",
+            self.services.len(),
+            count(State::Running),
+            count(State::BackingOff),
+            count(State::Failed)
+        )
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        self.services
+            .values()
+            .flat_map(|s| [s.m.deadline, s.exit_check.map(|c| c.0)])
+            .flatten()
+            .chain(self.next_watchdog)
+            .chain(self.state_error.as_ref().map(|e| e.1).filter(|_| self.state_dirty))
+            .chain(self.targets.values().filter_map(|t| match t {
+                Target::Spawn(f) => Some(f.deadline),
+                _ => None,
+            }))
+            .min()
+    }
+
+    // ---- events in -------------------------------------------------------------------------
+
+    /// Returns whether SIGCHLD arrived.
+    fn on_signals(&mut self) -> bool {
+        let mut sigchld = false;
+        while let Ok(Some(sig)) = self.signals.read() {
+            match sig {
+                libc::SIGCHLD => sigchld = true,
+                libc::SIGHUP => match self.reload() {
+                    Ok(r) => {
+                        say(&format!("reloaded: added {:?}, removed {:?}, changed {:?}", r.added, r.removed, r.changed))
+                    }
+                    Err(e) => say(&format!("reload: {e}")),
+                },
+                _ if self.shutting_down => {
+                    say("second stop signal: killing what is left");
+                    for name in self.order.clone() {
+                        self.signal(&name, libc::SIGKILL);
+                    }
+                }
+                _ => {
+                    say(&format!("{}: stopping every service", crate::text::signal_name(sig)));
+                    self.shutting_down = true;
+                    self.notify.send("STOPPING=1");
+                    self.advance_shutdown();
+                }
+            }
+        }
+        sigchld
+    }
+
+    fn on_ready(&mut self, token: u64, events: u32) {
+        match self.targets.get(&token) {
+            Some(Target::Pidfd(name)) => {
+                let name = name.clone();
+                // Level-triggered and readable for good: watched no more.
+                self.unwatch_pidfd(&name);
+                self.check_exit(&name);
+            }
+            Some(Target::Pipe(_)) => {
+                self.on_pipe(token);
+            }
+            Some(Target::Conn(_)) => self.on_conn(token, events),
+            Some(Target::Spawn(_)) => self.on_spawn_ready(token),
+            None => {}
+        }
+    }
+
+    /// Fires due timers: backoff ends, stop deadlines, exit-status re-reads, agent call
+    /// deadlines, the watchdog.
+    fn fire_timers(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.m.deadline.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            self.feed(&name, Event::Timer);
+        }
+        let checks: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.exit_check.is_some_and(|c| c.0 <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in checks {
+            self.check_exit(&name);
+        }
+        self.expire_spawns(now);
+        if let (Some(at), Some(every)) = (self.next_watchdog, self.notify.watchdog) {
+            if at <= now {
+                self.notify.send("WATCHDOG=1");
+                self.next_watchdog = Some(now + every);
+            }
+        }
+    }
+
+    /// Reads a service's exit status after its pidfd reported the exit; if the status is not
+    /// there yet, looks again shortly, and gives up (exit unknown) after `EXIT_STATUS_WAIT`.
+    pub(crate) fn check_exit(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let Some(proc) = svc.proc.as_mut() else {
+            svc.exit_check = None;
+            return;
+        };
+        let now = Instant::now();
+        let exit = match proc.try_exit() {
+            Some(e) => e,
+            None => {
+                let (pause, give_up) = match svc.exit_check {
+                    Some((_, pause, give_up)) => (pause * 2, give_up),
+                    None => (Duration::from_micros(200), now + EXIT_STATUS_WAIT),
+                };
+                if now < give_up {
+                    svc.exit_check = Some((now + pause.min(Duration::from_millis(50)), pause, give_up));
+                    return;
+                }
+                Exit::Unknown
+            }
+        };
+        svc.exit_check = None;
+        self.unwatch_pidfd(name);
+        let svc = self.services.get_mut(name).expect("present");
+        svc.proc = None;
+        svc.identity = None;
+        svc.start_time = None;
+        self.feed(name, Event::Exited(exit));
+    }
+
+    /// Adds the service's pidfd to the epoll set.
+    pub(crate) fn watch_pidfd(&mut self, name: &str) -> std::io::Result<()> {
+        let token = self.token();
+        let svc = self.services.get_mut(name).expect("present");
+        let proc = svc.proc.as_ref().expect("a process to watch");
+        self.epoll.add(proc.pidfd(), token, READABLE)?;
+        svc.pidfd_token = Some(token);
+        self.targets.insert(token, Target::Pidfd(name.into()));
+        Ok(())
+    }
+
+    /// Takes the service's pidfd out of the epoll set, if it is there.
+    fn unwatch_pidfd(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if let Some(token) = svc.pidfd_token.take() {
+            self.targets.remove(&token);
+            if let Some(p) = &svc.proc {
+                let _ = self.epoll.delete(p.pidfd());
+            }
+        }
+    }
+
+    /// Reaps exited children that are not services (orphans re-parented to us); a service's own
+    /// exit found here is read through its pidfd as usual.
+    fn reap(&mut self) {
+        let mut seen = Vec::new();
+        while let Ok(Some(pid)) = process::peek_exited_child() {
+            if seen.contains(&pid) {
+                break;
+            }
+            seen.push(pid);
+            let service = self.services.iter().find(|(_, s)| {
+                s.cfg.agent.is_none() && matches!(&s.proc, Some(Proc::Child(c)) if c.pid() == Some(pid))
+            });
+            match service.map(|(n, _)| n.clone()) {
+                Some(name) => self.check_exit(&name),
+                None => {
+                    let _ = process::reap_pid(pid);
+                }
+            }
+        }
+    }
+
+    // ---- the state machine -----------------------------------------------------------------
+
+    /// Feeds one event to a service's state machine and carries out the actions. A spawn is
+    /// queued, never started here.
+    pub(crate) fn feed(&mut self, name: &str, event: Event) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let before = (svc.m.state, svc.m.pid);
+        let (m, actions) = machine::next(&svc.policy(), &svc.m, event, Instant::now());
+        svc.m = m;
+        let after = (svc.m.state, svc.m.pid);
+        for a in actions {
+            match a {
+                Action::Spawn => self.spawn_queue.push_back(name.into()),
+                Action::Signal(sig) => self.signal(name, sig),
+                // The deadline is in the machine's state; the loop's timeout follows it.
+                Action::ArmTimer(_) => {}
+            }
+        }
+        if before != after {
+            self.changed(name);
+        }
+    }
+
+    /// After a state change: tell, record, and finish reloads and shutdown.
+    fn changed(&mut self, name: &str) {
+        let Some(svc) = self.services.get(name) else { return };
+        let change = StateChange {
+            time: crate::text::timestamp(SystemTime::now()),
+            service: name.into(),
+            state: svc.m.state.name().into(),
+            pid: svc.m.pid,
+            last_exit: svc.m.last_exit.map(exit_text),
+            last_error: svc.m.last_error.clone(),
+        };
+        let mut line = format!("{name}: {}", change.state);
+        if let Some(pid) = change.pid {
+            line += &format!(" pid {pid}");
+        }
+        match (svc.m.state, &change.last_exit, &change.last_error) {
+            (State::Starting, ..) => {}
+            (_, _, Some(err)) if svc.m.state != State::Running => line += &format!(" ({err})"),
+            (State::Running, ..) => {}
+            (_, Some(exit), _) => line += &format!(" (last exit: {exit})"),
+            _ => {}
+        }
+        say(&line);
+        self.broadcast(
+            |f| *f == Follow::Events,
+            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
+        );
+        if self.notify.active() {
+            self.notify.send(&format!("STATUS={}", self.summary()));
+        }
+        self.state_dirty = true;
+        let svc = &self.services[name];
+        if svc.idle() {
+            if svc.removing {
+                self.services.remove(name);
+                self.order.retain(|n| n != name);
+            } else if svc.replacement.is_some() {
+                let svc = self.services.get_mut(name).expect("present");
+                let (cfg, start) = svc.replacement.take().expect("checked");
+                svc.cfg = cfg;
+                if start && !self.shutting_down {
+                    self.feed(name, Event::Start);
+                }
+            }
+        }
+        if self.shutting_down {
+            self.advance_shutdown();
+        }
+    }
+
+    /// Stops, in reverse dependency order, every service whose dependents are all down
+    /// (`plan::shutdown_next`). One pass at a time: the state changes it causes call back
+    /// here and must not start a nested pass each.
+    fn advance_shutdown(&mut self) {
+        if self.in_shutdown_pass {
+            return;
+        }
+        self.in_shutdown_pass = true;
+        for _ in 0..=self.services.len() {
+            let order = self.order.clone();
+            let services = &self.services;
+            let next = plan::shutdown_next(
+                &order,
+                |n| services.get(n).map(|s| s.cfg.depends_on.as_slice()).unwrap_or(&[]),
+                |n| {
+                    services.get(n).map(|s| plan::Down {
+                        asked: s.m.wanted == Wanted::Down && matches!(s.m.state, State::Stopping | State::Stopped),
+                        settled: s.idle() && s.m.wanted == Wanted::Down,
+                    })
+                },
+            );
+            if next.is_empty() {
+                break;
+            }
+            for name in next {
+                self.feed(&name, Event::Stop);
+            }
+        }
+        self.in_shutdown_pass = false;
+    }
+
+    // ---- actions out -----------------------------------------------------------------------
+
+    pub(crate) fn signal(&mut self, name: &str, sig: i32) {
+        let Some(svc) = self.services.get(name) else { return };
+        let Some(proc) = &svc.proc else { return };
+        let r = match (svc.cfg.kill_mode, svc.m.pid) {
+            (_, Some(pid)) if self.protected.contains(&pid) => return,
+            (KillMode::Group, Some(pid)) => process::pidfd_send_signal_group(proc.pidfd(), pid, sig),
+            _ => process::pidfd_send_signal(proc.pidfd(), sig),
+        };
+        // ESRCH: it has just ended; its pidfd will say so.
+        if let Err(e) = r {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                say(&format!("{name}: signal {}: {e}", crate::text::signal_name(sig)));
+            }
+        }
+    }
+
+    // ---- the state file --------------------------------------------------------------------
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            boot_id: state::boot_id(),
+            run: self.run_id.clone(),
+            runs: self.runs.clone(),
+            processes: self
+                .services
+                .iter()
+                .filter(|(_, s)| s.proc.is_some())
+                .filter_map(|(name, s)| {
+                    Some(state::Entry {
+                        service: name.clone(),
+                        pid: s.m.pid?,
+                        identity: s.identity?,
+                        start_time: s.start_time,
+                        tag: s.tag.clone(),
+                    })
+                })
+                .collect(),
+            intents: self.services.iter().filter_map(|(n, s)| Some((n.clone(), s.intent()?))).collect(),
+        }
+    }
+
+    fn write_state_if_due(&mut self) {
+        if self.state_dirty && self.state_error.as_ref().is_none_or(|e| e.1 <= Instant::now()) {
+            self.write_state();
+        }
+    }
+
+    /// Writes the state file now; a failure is reported (once per distinct error, and as an
+    /// event) and retried until it succeeds.
+    pub(crate) fn write_state(&mut self) {
+        let snap = self.snapshot();
+        match self.state_file.write(&snap) {
+            Ok(()) => {
+                self.state_dirty = false;
+                if self.state_error.take().is_some() {
+                    say("state file: written again");
+                    self.state_event(None);
+                }
+            }
+            Err(e) => {
+                let msg = format!("cannot write {}: {e}", self.state_file.path().display());
+                if self.state_error.as_ref().is_none_or(|(m, _)| *m != msg) {
+                    say(&format!("state file: {msg}; retrying"));
+                    self.state_event(Some(msg.clone()));
+                }
+                self.state_dirty = true;
+                self.state_error = Some((msg, Instant::now() + STATE_RETRY));
+            }
+        }
+    }
+
+    fn state_event(&mut self, error: Option<String>) {
+        let change = StateChange {
+            time: crate::text::timestamp(SystemTime::now()),
+            service: String::new(),
+            state: if error.is_some() { "state-file-error" } else { "state-file-ok" }.into(),
+            pid: None,
+            last_exit: None,
+            last_error: error,
+        };
+        self.broadcast(
+            |f| *f == Follow::Events,
+            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
+        );
+    }
+}
