@@ -19,7 +19,8 @@ use holden_sys::process;
 
 use crate::procfs;
 use crate::state::{self, Intent, Snapshot, TAG_VAR};
-use crate::supervisor::{say, Proc, Supervisor, Svc};
+use crate::exits::Proc;
+use crate::supervisor::{say, Supervisor, Svc};
 
 /// How long strays get between SIGTERM and SIGKILL.
 const STRAY_GRACE: Duration = Duration::from_secs(2);

@@ -9,7 +9,8 @@ use holden_sys::socket;
 
 use crate::conn::{Conn, Follow, Input};
 use crate::logs::LogFile;
-use crate::supervisor::{exit_text, say, Supervisor, Svc, Target};
+use crate::exits::exit_text;
+use crate::supervisor::{say, Supervisor, Svc, Target};
 
 impl Supervisor {
 

@@ -18,7 +18,8 @@ use holden_orchestrator::machine::{Event, Wanted};
 use holden_sys::event::{READABLE, WRITABLE};
 
 use crate::state::{self, TAG_VAR};
-use crate::supervisor::{say, Proc, Supervisor, Target, SPAWN_BUDGET};
+use crate::exits::Proc;
+use crate::supervisor::{say, Supervisor, Target, SPAWN_BUDGET};
 
 /// How long a spawn through an agent may take before the agent counts as unreachable.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(2);

@@ -29,10 +29,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use std::time::{Instant, SystemTime};
+
+use holden_orchestrator::control::StateChange;
+
+use crate::conn::Follow;
 use crate::procfs;
+use crate::supervisor::{say, Supervisor};
 
 /// The environment variable that tags every spawned process with `RUN.N`.
 pub const TAG_VAR: &str = "HOLDEN_SPAWN";
+
+/// How soon a failed state-file write is tried again.
+const STATE_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// The largest state file read (a bigger one is rejected).
 const MAX_FILE: u64 = 64 * 1024 * 1024;
@@ -259,6 +268,78 @@ pub fn reopen(entry: &Entry, protected: &[i32]) -> Option<OwnedFd> {
     }
     // A zombie is gone, whatever its identity.
     procfs::is_running(entry.pid).then_some(pidfd)
+}
+
+impl Supervisor {
+    // ---- the state file --------------------------------------------------------------------
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            boot_id: boot_id(),
+            run: self.run_id.clone(),
+            runs: self.runs.clone(),
+            processes: self
+                .services
+                .iter()
+                .filter(|(_, s)| s.proc.is_some())
+                .filter_map(|(name, s)| {
+                    Some(Entry {
+                        service: name.clone(),
+                        pid: s.m.pid?,
+                        identity: s.identity?,
+                        start_time: s.start_time,
+                        tag: s.tag.clone(),
+                    })
+                })
+                .collect(),
+            intents: self.services.iter().filter_map(|(n, s)| Some((n.clone(), s.intent()?))).collect(),
+        }
+    }
+
+    pub(crate) fn write_state_if_due(&mut self) {
+        if self.state_dirty && self.state_error.as_ref().is_none_or(|e| e.1 <= Instant::now()) {
+            self.write_state();
+        }
+    }
+
+    /// Writes the state file now; a failure is reported (once per distinct error, and as an
+    /// event) and retried until it succeeds.
+    pub(crate) fn write_state(&mut self) {
+        let snap = self.snapshot();
+        match self.state_file.write(&snap) {
+            Ok(()) => {
+                self.state_dirty = false;
+                if self.state_error.take().is_some() {
+                    say("state file: written again");
+                    self.state_event(None);
+                }
+            }
+            Err(e) => {
+                let msg = format!("cannot write {}: {e}", self.state_file.path().display());
+                if self.state_error.as_ref().is_none_or(|(m, _)| *m != msg) {
+                    say(&format!("state file: {msg}; retrying"));
+                    self.state_event(Some(msg.clone()));
+                }
+                self.state_dirty = true;
+                self.state_error = Some((msg, Instant::now() + STATE_RETRY));
+            }
+        }
+    }
+
+    fn state_event(&mut self, error: Option<String>) {
+        let change = StateChange {
+            time: crate::text::timestamp(SystemTime::now()),
+            service: String::new(),
+            state: if error.is_some() { "state-file-error" } else { "state-file-ok" }.into(),
+            pid: None,
+            last_exit: None,
+            last_error: error,
+        };
+        self.broadcast(
+            |f| *f == Follow::Events,
+            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
+        );
+    }
 }
 
 #[cfg(test)]

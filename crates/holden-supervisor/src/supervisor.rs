@@ -8,13 +8,12 @@
 //! spawns is bounded work per iteration and never recursion.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use holden_orchestrator::config::{self, Config, KillMode, Output};
 use holden_orchestrator::control::StateChange;
-use holden_orchestrator::machine::{self, Action, Event, Exit, Policy, State, Wanted};
+use holden_orchestrator::machine::{self, Action, Event, Policy, State, Wanted};
 use holden_orchestrator::plan;
 use holden_sys::event::{Epoll, SignalFd, READABLE, WRITABLE};
 use holden_sys::process;
@@ -24,7 +23,8 @@ use crate::holder::Holder;
 use crate::logs::{LogFile, Pipe};
 use crate::notify::Notifier;
 use crate::spawn::InFlight;
-use crate::state::{self, Identity, Intent, Snapshot, StateFile};
+use crate::exits::{exit_text, Proc};
+use crate::state::{Identity, Intent, Snapshot, StateFile};
 use crate::{Error, Options};
 
 pub(crate) const SIGNALS: u64 = 0;
@@ -33,66 +33,6 @@ pub(crate) const HOLDER: u64 = 2;
 
 /// The most spawns started in one iteration; the rest wait for the next (which does not wait).
 pub const SPAWN_BUDGET: usize = 32;
-/// After a pidfd reports an exit, how long to wait for the exit status to become readable
-/// (an agent reaps its children within microseconds; an adopted process's parent may not).
-const EXIT_STATUS_WAIT: Duration = Duration::from_secs(1);
-/// How soon a failed state-file write is tried again.
-const STATE_RETRY: Duration = Duration::from_millis(200);
-
-/// A running process: spawned by this supervisor, or adopted from a predecessor.
-pub(crate) enum Proc {
-    Child(holden::Child),
-    Adopted { pidfd: OwnedFd },
-}
-
-impl Proc {
-    pub(crate) fn pidfd(&self) -> BorrowedFd<'_> {
-        match self {
-            Proc::Child(c) => c.pidfd(),
-            Proc::Adopted { pidfd, .. } => pidfd.as_fd(),
-        }
-    }
-
-    /// How it ended, once the kernel (or the agent) can say.
-    fn try_exit(&mut self) -> Option<Exit> {
-        match self {
-            Proc::Child(c) => match c.try_wait() {
-                Ok(Some(s)) => Some(match (s.code(), s.signal()) {
-                    (Some(code), _) => Exit::Code(code),
-                    (None, Some(sig)) => Exit::Signal(sig),
-                    _ => Exit::Unknown,
-                }),
-                Ok(None) => None,
-                Err(_) => Some(Exit::Unknown),
-            },
-            Proc::Adopted { pidfd, .. } => {
-                if let Ok(Some(e)) = process::wait_pidfd(pidfd.as_fd(), true) {
-                    return Some(exit_of(e));
-                }
-                match process::pidfd_exit_info(pidfd.as_fd()) {
-                    Ok(Some(e)) => Some(exit_of(e)),
-                    Ok(None) => None,
-                    Err(_) => Some(Exit::Unknown),
-                }
-            }
-        }
-    }
-}
-
-fn exit_of(e: process::Exit) -> Exit {
-    match e {
-        process::Exit::Exited(c) => Exit::Code(c),
-        process::Exit::Signaled { signal, .. } => Exit::Signal(signal),
-    }
-}
-
-pub(crate) fn exit_text(e: Exit) -> String {
-    match e {
-        Exit::Code(c) => format!("code {c}"),
-        Exit::Signal(s) => format!("signal {}", crate::text::signal_name(s)),
-        Exit::Unknown => "unknown".into(),
-    }
-}
 
 /// One supervised service.
 pub(crate) struct Svc {
@@ -158,7 +98,7 @@ impl Svc {
     }
 
     /// What survives a crash of the supervisor about this service.
-    fn intent(&self) -> Option<Intent> {
+    pub(crate) fn intent(&self) -> Option<Intent> {
         if self.stopped_by_hand {
             return Some(Intent::Stopped);
         }
@@ -193,7 +133,7 @@ pub struct Supervisor {
     pub(crate) followers: HashSet<u64>,
     next_token: u64,
     pub(crate) log_dir: PathBuf,
-    state_file: StateFile,
+    pub(crate) state_file: StateFile,
     /// Something the state file records changed since it was last written.
     pub(crate) state_dirty: bool,
     /// The last write failed: why, and when to try again.
@@ -209,7 +149,7 @@ pub struct Supervisor {
     pub(crate) exit_stream: bool,
     pub(crate) holder: Option<Holder>,
     holder_command: Option<Vec<std::ffi::OsString>>,
-    notify: Notifier,
+    pub(crate) notify: Notifier,
     next_watchdog: Option<Instant>,
     pub(crate) shutting_down: bool,
     in_shutdown_pass: bool,
@@ -550,81 +490,6 @@ impl Supervisor {
         }
     }
 
-    /// Reads a service's exit status after its pidfd reported the exit; if the status is not
-    /// there yet, looks again shortly, and gives up (exit unknown) after `EXIT_STATUS_WAIT`.
-    pub(crate) fn check_exit(&mut self, name: &str) {
-        let Some(svc) = self.services.get_mut(name) else { return };
-        let Some(proc) = svc.proc.as_mut() else {
-            svc.exit_check = None;
-            return;
-        };
-        let now = Instant::now();
-        let exit = match proc.try_exit() {
-            Some(e) => e,
-            None => {
-                let (pause, give_up) = match svc.exit_check {
-                    Some((_, pause, give_up)) => (pause * 2, give_up),
-                    None => (Duration::from_micros(200), now + EXIT_STATUS_WAIT),
-                };
-                if now < give_up {
-                    svc.exit_check = Some((now + pause.min(Duration::from_millis(50)), pause, give_up));
-                    return;
-                }
-                Exit::Unknown
-            }
-        };
-        svc.exit_check = None;
-        self.unwatch_pidfd(name);
-        let svc = self.services.get_mut(name).expect("present");
-        svc.proc = None;
-        svc.identity = None;
-        svc.start_time = None;
-        self.feed(name, Event::Exited(exit));
-    }
-
-    /// Adds the service's pidfd to the epoll set.
-    pub(crate) fn watch_pidfd(&mut self, name: &str) -> std::io::Result<()> {
-        let token = self.token();
-        let svc = self.services.get_mut(name).expect("present");
-        let proc = svc.proc.as_ref().expect("a process to watch");
-        self.epoll.add(proc.pidfd(), token, READABLE)?;
-        svc.pidfd_token = Some(token);
-        self.targets.insert(token, Target::Pidfd(name.into()));
-        Ok(())
-    }
-
-    /// Takes the service's pidfd out of the epoll set, if it is there.
-    fn unwatch_pidfd(&mut self, name: &str) {
-        let Some(svc) = self.services.get_mut(name) else { return };
-        if let Some(token) = svc.pidfd_token.take() {
-            self.targets.remove(&token);
-            if let Some(p) = &svc.proc {
-                let _ = self.epoll.delete(p.pidfd());
-            }
-        }
-    }
-
-    /// Reaps exited children that are not services (orphans re-parented to us); a service's own
-    /// exit found here is read through its pidfd as usual.
-    fn reap(&mut self) {
-        let mut seen = Vec::new();
-        while let Ok(Some(pid)) = process::peek_exited_child() {
-            if seen.contains(&pid) {
-                break;
-            }
-            seen.push(pid);
-            let service = self.services.iter().find(|(_, s)| {
-                s.cfg.agent.is_none() && matches!(&s.proc, Some(Proc::Child(c)) if c.pid() == Some(pid))
-            });
-            match service.map(|(n, _)| n.clone()) {
-                Some(name) => self.check_exit(&name),
-                None => {
-                    let _ = process::reap_pid(pid);
-                }
-            }
-        }
-    }
-
     // ---- the state machine -----------------------------------------------------------------
 
     /// Feeds one event to a service's state machine and carries out the actions. A spawn is
@@ -745,75 +610,5 @@ impl Supervisor {
                 say(&format!("{name}: signal {}: {e}", crate::text::signal_name(sig)));
             }
         }
-    }
-
-    // ---- the state file --------------------------------------------------------------------
-
-    fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            boot_id: state::boot_id(),
-            run: self.run_id.clone(),
-            runs: self.runs.clone(),
-            processes: self
-                .services
-                .iter()
-                .filter(|(_, s)| s.proc.is_some())
-                .filter_map(|(name, s)| {
-                    Some(state::Entry {
-                        service: name.clone(),
-                        pid: s.m.pid?,
-                        identity: s.identity?,
-                        start_time: s.start_time,
-                        tag: s.tag.clone(),
-                    })
-                })
-                .collect(),
-            intents: self.services.iter().filter_map(|(n, s)| Some((n.clone(), s.intent()?))).collect(),
-        }
-    }
-
-    fn write_state_if_due(&mut self) {
-        if self.state_dirty && self.state_error.as_ref().is_none_or(|e| e.1 <= Instant::now()) {
-            self.write_state();
-        }
-    }
-
-    /// Writes the state file now; a failure is reported (once per distinct error, and as an
-    /// event) and retried until it succeeds.
-    pub(crate) fn write_state(&mut self) {
-        let snap = self.snapshot();
-        match self.state_file.write(&snap) {
-            Ok(()) => {
-                self.state_dirty = false;
-                if self.state_error.take().is_some() {
-                    say("state file: written again");
-                    self.state_event(None);
-                }
-            }
-            Err(e) => {
-                let msg = format!("cannot write {}: {e}", self.state_file.path().display());
-                if self.state_error.as_ref().is_none_or(|(m, _)| *m != msg) {
-                    say(&format!("state file: {msg}; retrying"));
-                    self.state_event(Some(msg.clone()));
-                }
-                self.state_dirty = true;
-                self.state_error = Some((msg, Instant::now() + STATE_RETRY));
-            }
-        }
-    }
-
-    fn state_event(&mut self, error: Option<String>) {
-        let change = StateChange {
-            time: crate::text::timestamp(SystemTime::now()),
-            service: String::new(),
-            state: if error.is_some() { "state-file-error" } else { "state-file-ok" }.into(),
-            pid: None,
-            last_exit: None,
-            last_error: error,
-        };
-        self.broadcast(
-            |f| *f == Follow::Events,
-            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
-        );
     }
 }
