@@ -175,6 +175,7 @@ impl Supervisor {
         let _ = self.epoll.delete(&f.call);
         let InFlight { service, pipes, tag, .. } = f;
         let Some(name) = service else {
+            self.abandoned_calls -= 1;
             // Abandoned: whatever the agent started late is not wanted.
             if let Ok(Some(child)) = result {
                 say(&format!("a late reply from an agent brought pid {:?}; killing it", child.pid()));
@@ -208,6 +209,7 @@ impl Supervisor {
             let Some(Target::Spawn(f)) = self.targets.get_mut(&token) else { continue };
             match f.service.take() {
                 Some(name) => {
+                    self.abandoned_calls += 1;
                     f.deadline = now + ABANDONED_KEEP;
                     f.pipes.clear();
                     if let Some(svc) = self.services.get_mut(&name) {
@@ -218,6 +220,7 @@ impl Supervisor {
                     self.feed(&name, Event::SpawnFailed { error, transient: true });
                 }
                 None => {
+                    self.abandoned_calls -= 1;
                     if let Some(Target::Spawn(f)) = self.targets.remove(&token) {
                         let _ = self.epoll.delete(&f.call);
                     }
@@ -232,7 +235,8 @@ impl Supervisor {
         let pid = child.pid().unwrap_or_else(|| child.spawner_pid());
         let Some(svc) = self.services.get_mut(name) else { return };
         svc.identity = state::identity(child.pidfd(), pid).ok();
-        svc.start_time = crate::procfs::start_time(pid);
+        // A pid from the agent's pid namespace (the process is not visible here) says nothing.
+        svc.start_time = child.pid().and_then(crate::procfs::start_time);
         svc.tag = Some(tag.clone());
         svc.proc = Some(Proc::Child(child));
         self.state_dirty = true;

@@ -143,6 +143,8 @@ pub struct Supervisor {
     pub(crate) runs: Vec<String>,
     pub(crate) spawn_seq: u64,
     pub(crate) spawn_queue: VecDeque<String>,
+    /// Agent calls given up but kept, to kill what a late reply brings.
+    pub(crate) abandoned_calls: usize,
     /// Processes that must never be signalled or adopted: PID 1, this one, its ancestors.
     pub(crate) protected: Vec<i32>,
     /// Ask agents for the exit stream (no `PIDFD_INFO_EXIT` here, or forced).
@@ -242,6 +244,7 @@ impl Supervisor {
             runs: Vec::new(),
             spawn_seq: 0,
             spawn_queue: VecDeque::new(),
+            abandoned_calls: 0,
             protected: crate::procfs::protected_pids(),
             exit_stream,
             holder: None,
@@ -398,16 +401,23 @@ impl Supervisor {
     }
 
     fn next_deadline(&self) -> Option<Instant> {
+        let call_deadline = |token: &u64| match self.targets.get(token) {
+            Some(Target::Spawn(f)) => Some(f.deadline),
+            _ => None,
+        };
+        let abandoned = (self.abandoned_calls > 0).then(|| {
+            self.targets.values().filter_map(|t| match t {
+                Target::Spawn(f) => Some(f.deadline),
+                _ => None,
+            })
+        });
         self.services
             .values()
-            .flat_map(|s| [s.m.deadline, s.exit_check.map(|c| c.0)])
+            .flat_map(|s| [s.m.deadline, s.exit_check.map(|c| c.0), s.in_flight.as_ref().and_then(call_deadline)])
             .flatten()
             .chain(self.next_watchdog)
             .chain(self.state_error.as_ref().map(|e| e.1).filter(|_| self.state_dirty))
-            .chain(self.targets.values().filter_map(|t| match t {
-                Target::Spawn(f) => Some(f.deadline),
-                _ => None,
-            }))
+            .chain(abandoned.into_iter().flatten())
             .min()
     }
 
