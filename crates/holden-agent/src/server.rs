@@ -18,7 +18,16 @@ use crate::spawner::Spawner;
 const LISTENER: u64 = 0;
 const SIGNALS: u64 = 1;
 /// Bytes read per `recvmsg`.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
+/// Input every connection may buffer. Beyond it, a message still arriving draws on
+/// [`SHARED_INPUT`], shared by all connections, so that the agent's memory is bounded whatever
+/// the clients do (1,024 connections × 16 KiB + 32 MiB).
+const OWN_INPUT: usize = 16 * 1024;
+/// Input beyond [`OWN_INPUT`] all connections together may buffer (large `Spawn` calls).
+const SHARED_INPUT: usize = 32 * 1024 * 1024;
+/// Calls answered on one connection per turn: a client that pipelines many calls gets this many,
+/// then every other ready connection gets its turn before it gets the next ones.
+pub const CALLS_PER_TURN: usize = 16;
 
 /// Who may spawn, and the limits of the loop.
 pub struct Policy {
@@ -55,6 +64,8 @@ struct Out {
     data: Vec<u8>,
     fds: Vec<OwnedFd>,
     sent: usize,
+    /// The child whose pidfd this reply delivers: killed if it cannot be delivered.
+    child: Option<i32>,
 }
 
 struct Conn {
@@ -72,6 +83,10 @@ struct Conn {
     watching: Option<i32>,
     /// The peer shut down its writing side.
     eof: bool,
+    /// In the ready queue: whole calls wait beyond this turn's share.
+    queued: bool,
+    /// Children killed because their pidfd could not be delivered (no exit stream for them).
+    undelivered: Vec<i32>,
     /// Close once `out` is sent: framing was lost or the peer is not allowed to stay.
     close_after_flush: bool,
     interest: u32,
@@ -96,6 +111,10 @@ pub struct Server {
     info: GetInfoReply,
     accept_paused_until: Option<Instant>,
     scratch: Vec<u8>,
+    /// Connections with calls left over from their last turn, served round-robin.
+    ready: VecDeque<u64>,
+    /// A descriptor kept free to accept and refuse a client when the limit is reached (EMFILE).
+    spare: Option<std::fs::File>,
 }
 
 impl Server {
@@ -118,6 +137,8 @@ impl Server {
             info,
             accept_paused_until: None,
             scratch: vec![0; READ_CHUNK],
+            ready: VecDeque::new(),
+            spare: std::fs::File::open("/dev/null").ok(),
         })
     }
 
@@ -128,7 +149,11 @@ impl Server {
         let mut events: Vec<Event> = Vec::with_capacity(256);
         let mut next_deadline = None;
         loop {
-            let timeout = next_deadline.map(|d: Instant| d.saturating_duration_since(Instant::now()));
+            let timeout = if self.ready.is_empty() {
+                next_deadline.map(|d: Instant| d.saturating_duration_since(Instant::now()))
+            } else {
+                Some(Duration::ZERO)
+            };
             events.clear();
             self.epoll.wait(timeout, &mut events)?;
             for ev in &events {
@@ -140,6 +165,14 @@ impl Server {
                         }
                     }
                     id => self.handle_conn(id, ev.events),
+                }
+            }
+            // One more turn for each connection that had calls left over.
+            for _ in 0..self.ready.len() {
+                let Some(id) = self.ready.pop_front() else { break };
+                if let Some(c) = self.conns.get_mut(&id) {
+                    c.queued = false;
+                    self.service(id);
                 }
             }
             next_deadline = self.expire(Instant::now());
@@ -186,8 +219,21 @@ impl Server {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) && self.spare.is_some() => {
+                    // Out of descriptors: free the spare one to accept this client and tell it
+                    // so, instead of leaving it waiting in the backlog.
+                    self.spare = None;
+                    if let Ok((stream, _)) = self.listener.accept() {
+                        let limit = self.conns.len() as u32;
+                        log::log(Level::Warn, format_args!("out of descriptors with {limit} clients: refusing one"));
+                        let msg = proto::encode_error(&AgentError::TooManyClients { limit });
+                        let _ = socket::send_with_fds(stream.as_fd(), &msg, &[]);
+                    }
+                    self.spare = std::fs::File::open("/dev/null").ok();
+                    continue;
+                }
                 Err(e) => {
-                    // EMFILE and friends: pause accepting briefly instead of spinning.
+                    // Other failures: pause accepting briefly instead of spinning.
                     log::log(Level::Error, format_args!("accept: {e}; pausing for 100 ms"));
                     self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
                     let _ = self.epoll.modify(&self.listener, LISTENER, 0);
@@ -240,6 +286,8 @@ impl Server {
                 started: None,
                 watching: None,
                 eof: false,
+                queued: false,
+                undelivered: Vec::new(),
                 close_after_flush: false,
                 interest,
             },
@@ -278,9 +326,15 @@ impl Server {
     }
 
     fn handle_conn(&mut self, id: u64, events: u32) {
+        let shared_left = if self.conns.get(&id).is_some_and(|c| c.inbuf.len() >= OWN_INPUT) {
+            let used: usize = self.conns.values().map(|c| c.inbuf.len().saturating_sub(OWN_INPUT)).sum();
+            SHARED_INPUT.saturating_sub(used)
+        } else {
+            SHARED_INPUT
+        };
         let Some(c) = self.conns.get_mut(&id) else { return };
         if events & (READABLE | READ_CLOSED | HANGUP) != 0 {
-            read_some(c, &mut self.scratch);
+            read_some(c, &mut self.scratch, shared_left);
         }
         self.service(id);
         if events & (HANGUP | ERROR) != 0 {
@@ -310,8 +364,13 @@ impl Server {
             return;
         }
         let mut interest = 0;
-        if !done_reading && c.inbuf.len() <= proto::MAX_MESSAGE {
+        // Read more only while no whole call waits (a client that does not read its replies
+        // leaves them queued and gets nothing more read) and within the bounds.
+        if !done_reading && !pending_msg && c.out.is_empty() && c.inbuf.len() <= proto::MAX_MESSAGE {
             interest |= READABLE | READ_CLOSED;
+        }
+        if c.inbuf.is_empty() && c.inbuf.capacity() > OWN_INPUT {
+            c.inbuf = Vec::new();
         }
         if !c.out.is_empty() {
             interest |= WRITABLE;
@@ -338,12 +397,30 @@ impl Server {
     /// that calls pipelined in one write are all answered, in order. An error means the peer is
     /// gone.
     fn process(&mut self, id: u64) -> io::Result<()> {
+        let mut answered = 0;
         loop {
             let Some(c) = self.conns.get_mut(&id) else { return Ok(()) };
-            flush(c)?;
+            let flushed = flush(c);
+            for pid in std::mem::take(&mut c.undelivered) {
+                if c.watching == Some(pid) {
+                    c.watching = None;
+                }
+                self.watches.remove(&pid);
+            }
+            let c = self.conns.get_mut(&id).expect("live connection");
+            flushed?;
             if c.close_after_flush || c.watching.is_some() || !c.out.is_empty() {
                 return Ok(());
             }
+            if answered == CALLS_PER_TURN {
+                // Its share of this turn is used: the rest waits until the others had theirs.
+                if has_whole_message(c) && !c.queued {
+                    c.queued = true;
+                    self.ready.push_back(id);
+                }
+                return Ok(());
+            }
+            answered += 1;
             if c.proto == Proto::Unknown {
                 // A v0.2 message starts with its type, 1 to 12, as a host-endian u32; anything
                 // else is Varlink (or garbage, which the Varlink parser answers).
@@ -394,10 +471,15 @@ impl Server {
             Err(e) => (Some(proto::encode_error(&e)), Vec::new(), None),
         };
         let c = self.conns.get_mut(&id).expect("live connection");
+        let delivers = !out_fds.is_empty();
         if let Some(reply) = reply {
             push(c, reply, out_fds);
+            if let (Some((pid, _)), true) = (watch, delivers) {
+                c.out.back_mut().expect("just pushed").child = Some(pid);
+            }
         }
-        if let Some(pid) = watch {
+        // `watch` is the spawned child; its exit is streamed only for a call with `more`.
+        if let Some((pid, true)) = watch {
             c.watching = Some(pid);
             self.watches.insert(pid, id);
         }
@@ -405,7 +487,7 @@ impl Server {
     }
 
     /// Answers one call: the reply, its descriptors, and a child to watch for an exit stream.
-    fn dispatch(&mut self, id: u64, call: proto::Call, fds: Vec<OwnedFd>) -> (Vec<u8>, Vec<OwnedFd>, Option<i32>) {
+    fn dispatch(&mut self, id: u64, call: proto::Call, fds: Vec<OwnedFd>) -> Answer {
         let err = |e: AgentError| (proto::encode_error(&e), Vec::new(), None);
         if call.upgrade {
             return err(AgentError::MethodNotImplemented { method: format!("{} (upgrade)", call.method) });
@@ -451,7 +533,7 @@ impl Server {
                         log::log(Level::Debug, format_args!("spawned {} as pid {}", params.argv[0], child.pid));
                         let more = call.more && !call.oneway;
                         let reply = SpawnReply { pid: child.pid, pidfd: Some(0), exit: None };
-                        (proto::encode_reply(&reply, more), vec![child.pidfd], more.then_some(child.pid))
+                        (proto::encode_reply(&reply, more), vec![child.pidfd], Some((child.pid, more)))
                     }
                     Err(e) => {
                         log::log(Level::Info, format_args!("spawn {}: {e}", params.argv[0]));
@@ -507,6 +589,7 @@ impl Server {
                     Ok(child) => {
                         push(c, legacy::process_started(child.pid), Vec::new());
                         push(c, b"x".to_vec(), vec![child.pidfd]);
+                        c.out.back_mut().expect("just pushed").child = Some(child.pid);
                     }
                     Err(e) => {
                         let text = match e {
@@ -523,8 +606,11 @@ impl Server {
     }
 }
 
+/// A reply, its descriptors, and the child it delivers with whether its exit is streamed.
+type Answer = (Vec<u8>, Vec<OwnedFd>, Option<(i32, bool)>);
+
 /// A single, final reply without descriptors.
-fn ok<T: serde::Serialize>(v: &T) -> (Vec<u8>, Vec<OwnedFd>, Option<i32>) {
+fn ok<T: serde::Serialize>(v: &T) -> Answer {
     (proto::encode_reply(v, false), Vec::new(), None)
 }
 
@@ -549,8 +635,9 @@ fn has_whole_message(c: &Conn) -> bool {
 }
 
 fn push(c: &mut Conn, data: Vec<u8>, fds: Vec<OwnedFd>) {
-    c.out.push_back(Out { data, fds, sent: 0 });
+    c.out.push_back(Out { data, fds, sent: 0, child: None });
 }
+
 
 /// Sends an error and closes after it: the stream can no longer be split into messages.
 fn fail_framing(c: &mut Conn, reason: &str) {
@@ -580,14 +667,25 @@ fn take_fds(c: &mut Conn, consumed: usize) -> Vec<OwnedFd> {
     mine
 }
 
-/// Reads what is available (bounded, for fairness), noting where descriptors arrived.
-fn read_some(c: &mut Conn, scratch: &mut [u8]) {
+/// Reads what is available (bounded, for fairness), noting where descriptors arrived. Stops
+/// once a whole message is buffered, and beyond [`OWN_INPUT`] reads only what `shared_left`
+/// allows.
+fn read_some(c: &mut Conn, scratch: &mut [u8], shared_left: usize) {
     for _ in 0..4 {
-        if c.eof || c.close_after_flush || c.inbuf.len() > proto::MAX_MESSAGE {
+        if c.eof || c.close_after_flush || c.inbuf.len() > proto::MAX_MESSAGE || has_whole_message(c) {
+            return;
+        }
+        let room = if c.inbuf.len() < OWN_INPUT {
+            scratch.len()
+        } else {
+            scratch.len().min(shared_left.saturating_sub(c.inbuf.len() - OWN_INPUT))
+        };
+        if room == 0 {
+            // Over the shared bound: the rest waits in the socket (its deadline runs).
             return;
         }
         let mut fds = Vec::new();
-        let r = socket::recv_with_fds(c.stream.as_fd(), scratch, &mut fds);
+        let r = socket::recv_with_fds(c.stream.as_fd(), &mut scratch[..room], &mut fds);
         let got = match r {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
@@ -597,6 +695,24 @@ fn read_some(c: &mut Conn, scratch: &mut [u8]) {
                 return;
             }
         };
+        if got.truncated && fds.len() < proto::MAX_FDS {
+            // The kernel could not install the descriptors: this process is at its limit.
+            drop(fds);
+            log::log(
+                Level::Warn,
+                format_args!("pid {} uid {}: out of descriptors receiving a message, closing", c.cred.pid, c.cred.uid),
+            );
+            let e = AgentError::SpawnFailed {
+                stage: "receive".into(),
+                errno: libc::EMFILE,
+                message: "the agent is out of descriptors (EMFILE); the message's descriptors were lost".into(),
+            };
+            push(c, proto::encode_error(&e), Vec::new());
+            c.close_after_flush = true;
+            c.inbuf.clear();
+            c.infds.clear();
+            return;
+        }
         if got.truncated || c.infds.len() + fds.len() > proto::MAX_FDS {
             drop(fds);
             log::log(Level::Warn, format_args!("pid {} uid {}: too many descriptors, closing", c.cred.pid, c.cred.uid));
@@ -642,6 +758,35 @@ fn flush(c: &mut Conn) -> io::Result<()> {
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if o.sent == 0 && o.child.is_some() && !o.fds.is_empty() => {
+                // The pidfd cannot travel (ETOOMANYREFS: too many descriptors in flight). A
+                // process nobody can hold must not run: kill it (the SIGCHLD handler reaps
+                // it) and say why instead of the reply.
+                let pid = o.child.take().expect("checked");
+                let errno = e.raw_os_error().unwrap_or(0);
+                for fd in &o.fds {
+                    let _ = process::pidfd_send_signal(fd, libc::SIGKILL);
+                }
+                log::log(
+                    Level::Error,
+                    format_args!("pid {} uid {}: cannot deliver the pidfd of pid {pid}: {e}; killed it", c.cred.pid, c.cred.uid),
+                );
+                c.undelivered.push(pid);
+                let legacy = c.proto == Proto::Legacy;
+                let err = AgentError::SpawnFailed {
+                    stage: "deliver".into(),
+                    errno,
+                    message: format!("cannot deliver the pidfd of pid {pid}: {}", crate::spawner::errno_text(errno)),
+                };
+                o.fds.clear();
+                if legacy {
+                    // v0.2 already had "started": there is no way to take it back but to close.
+                    c.out.pop_front();
+                    c.close_after_flush = true;
+                } else {
+                    o.data = proto::encode_error(&err);
+                }
+            }
             Err(e) => return Err(e),
         }
     }

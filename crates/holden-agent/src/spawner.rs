@@ -103,19 +103,36 @@ impl Spawner {
         self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, false, None, &self.default_rlimits)
     }
 
+    /// The child's environment: `env` (or the agent's), then `env_update` applied in order
+    /// (`KEY=VALUE` sets, a bare `KEY` removes). Linear in the number of entries: an index by
+    /// key, not a scan per update.
     fn build_env(&self, p: &SpawnParams) -> Result<Vec<CString>, AgentError> {
-        let mut env: Vec<Vec<u8>> = match &p.env {
-            Some(e) => e.iter().map(|s| s.as_bytes().to_vec()).collect(),
-            None => self.envp.iter().map(|c| c.as_bytes().to_vec()).collect(),
+        fn key(e: &[u8]) -> &[u8] {
+            e.split(|&b| b == b'=').next().unwrap_or(e)
+        }
+        let mut env: Vec<Option<Vec<u8>>> = match &p.env {
+            Some(e) => e.iter().map(|s| Some(s.as_bytes().to_vec())).collect(),
+            None => self.envp.iter().map(|c| Some(c.as_bytes().to_vec())).collect(),
         };
+        // Every index of each key: `env` may name a key more than once, and an update
+        // replaces them all, as a scan would.
+        let mut index: std::collections::HashMap<Vec<u8>, Vec<usize>> = std::collections::HashMap::new();
+        for (i, e) in env.iter().enumerate() {
+            let e = e.as_deref().expect("all present yet");
+            index.entry(key(e).to_vec()).or_default().push(i);
+        }
         for u in p.env_update.iter().flatten() {
-            let key = u.split('=').next().unwrap_or(u);
-            env.retain(|e| !(e.starts_with(key.as_bytes()) && e.get(key.len()) == Some(&b'=')));
+            let k = key(u.as_bytes()).to_vec();
+            for i in index.remove(&k).unwrap_or_default() {
+                env[i] = None;
+            }
             if u.contains('=') {
-                env.push(u.as_bytes().to_vec());
+                index.insert(k, vec![env.len()]);
+                env.push(Some(u.as_bytes().to_vec()));
             }
         }
         env.into_iter()
+            .flatten()
             .map(|e| {
                 CString::new(e).map_err(|_| AgentError::InvalidParameter {
                     parameter: "env".into(),

@@ -94,10 +94,72 @@ pub struct Call {
     pub upgrade: bool,
 }
 
+/// Parses JSON into a `Value`, refusing an object that names a key twice, at any depth (plain
+/// `serde_json` keeps the last, so `{"method": "Spawn", "method": "Ping"}` would be a Ping).
+pub fn parse_json_strict(msg: &[u8]) -> Result<Value, serde_json::Error> {
+    use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+    struct Strict(Value);
+    impl<'de> Deserialize<'de> for Strict {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Strict, D::Error> {
+            d.deserialize_any(StrictVisitor).map(Strict)
+        }
+    }
+    struct StrictVisitor;
+    impl<'de> Visitor<'de> for StrictVisitor {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON value")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+            Ok(Value::Bool(v))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+            Ok(Value::from(v))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+            Ok(Value::String(v.to_owned()))
+        }
+        fn visit_string<E>(self, v: String) -> Result<Value, E> {
+            Ok(Value::String(v))
+        }
+        fn visit_unit<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_none<E>(self) -> Result<Value, E> {
+            Ok(Value::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+            let mut v = Vec::new();
+            while let Some(Strict(e)) = seq.next_element()? {
+                v.push(e);
+            }
+            Ok(Value::Array(v))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut m = Map::new();
+            while let Some(k) = map.next_key::<String>()? {
+                if m.contains_key(&k) {
+                    return Err(de::Error::custom(format!("duplicate key {k:?}")));
+                }
+                let Strict(v) = map.next_value()?;
+                m.insert(k, v);
+            }
+            Ok(Value::Object(m))
+        }
+    }
+    serde_json::from_slice::<Strict>(msg).map(|s| s.0)
+}
+
 /// Decodes one call (without its NUL).
 pub fn parse_call(msg: &[u8]) -> Result<Call, AgentError> {
     let invalid = |reason: String| AgentError::InvalidMessage { reason };
-    let value: Value = serde_json::from_slice(msg).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let value = parse_json_strict(msg).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
         return Err(invalid("a call must be a JSON object".into()));
     };
@@ -177,7 +239,7 @@ pub struct Reply {
 /// Decodes one reply (without its NUL).
 pub fn parse_reply(msg: &[u8]) -> Result<Reply, AgentError> {
     let invalid = |reason: String| AgentError::InvalidMessage { reason };
-    let value: Value = serde_json::from_slice(msg).map_err(|e| invalid(format!("not JSON: {e}")))?;
+    let value = parse_json_strict(msg).map_err(|e| invalid(format!("not JSON: {e}")))?;
     let Value::Object(mut obj) = value else {
         return Err(invalid("a reply must be a JSON object".into()));
     };

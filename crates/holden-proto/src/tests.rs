@@ -151,3 +151,18 @@ fn fuzz_regression_long_float_round_trips_exactly() {
     let back = parse_call(&again[..again.len() - 1]).unwrap();
     assert_eq!(back.parameters, call.parameters);
 }
+
+#[test]
+fn regression_duplicate_json_keys_are_rejected() {
+    let dup = br#"{"method": "io.holden.Agent.Spawn", "method": "io.holden.Agent.Ping"}"#;
+    assert!(matches!(parse_call(dup), Err(AgentError::InvalidMessage { reason }) if reason.contains("duplicate key")));
+    let nested = br#"{"method": "io.holden.Agent.Spawn", "parameters": {"argv": ["a"], "argv": ["b"]}}"#;
+    assert!(parse_call(nested).is_err());
+    let deep = br#"{"method": "m", "parameters": {"x": [{"k": 1, "k": 2}]}}"#;
+    assert!(parse_call(deep).is_err());
+    let reply = br#"{"parameters": {}, "error": "a", "error": "b"}"#;
+    assert!(parse_reply(reply).is_err());
+    // The same key in different objects is fine.
+    let fine = br#"{"method": "m", "parameters": {"a": {"k": 1}, "b": {"k": 1.5e300}}}"#;
+    assert_eq!(parse_call(fine).unwrap().parameters["b"]["k"], serde_json::json!(1.5e300));
+}

@@ -153,6 +153,18 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
     }
 }
 
+/// Whether `fd` can be written now without blocking (`POLLOUT`), without waiting: `poll(2)`
+/// with a zero timeout. For a pipe this means room for at least one page, so a write of at
+/// most `PIPE_BUF` bytes does not block. A peer that is gone (`POLLERR`, `POLLHUP`) counts as
+/// writable: the write then fails at once, which is what a caller that must not block wants.
+/// Man page: <https://man7.org/linux/man-pages/man2/poll.2.html>.
+pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 && p.revents & libc::POLLNVAL == 0
+}
+
 /// Waits, without blocking the tokio runtime, until `fd` is readable (for a pidfd: the process
 /// has exited). Registers the descriptor with the current runtime's reactor for the wait.
 #[cfg(feature = "tokio")]
