@@ -21,6 +21,10 @@ Options:
   --socket-group GROUP     group (name or gid) of the socket file
   --allow-uid UID[,UID..]  also let these uids spawn (root and the agent's own uid always may)
   --allow-gid GID[,GID..]  also let members of these groups spawn
+  --allow-uid-as-agent UID[,UID..]
+                           let these uids spawn processes that run as the agent's own user
+                           (by default a caller other than root and the agent's own uid gets
+                           processes running as itself: its uid, gid and groups)
   --max-connections N      connections served at once (default 1024)
   --message-timeout SECS   time for a begun message to arrive whole (default 10)
   --log-level LEVEL        error, warn, info or debug (default info)
@@ -42,6 +46,7 @@ pub struct Options {
     pub socket_group: Option<String>,
     pub allow_uids: Vec<u32>,
     pub allow_gids: Vec<u32>,
+    pub as_agent_uids: Vec<u32>,
     pub max_connections: usize,
     pub message_timeout: Duration,
     pub log_level: Level,
@@ -66,6 +71,7 @@ pub fn parse(args: impl IntoIterator<Item = String>, env_socket: Option<String>)
         socket_group: None,
         allow_uids: Vec::new(),
         allow_gids: Vec::new(),
+        as_agent_uids: Vec::new(),
         max_connections: 1024,
         message_timeout: Duration::from_secs(10),
         log_level: Level::Info,
@@ -93,6 +99,12 @@ pub fn parse(args: impl IntoIterator<Item = String>, env_socket: Option<String>)
             "--socket-group" => o.socket_group = Some(value(&mut it)?),
             "--allow-uid" => o.allow_uids.extend(ids("--allow-uid", &value(&mut it)?)?),
             "--allow-gid" => o.allow_gids.extend(ids("--allow-gid", &value(&mut it)?)?),
+            "--allow-uid-as-agent" => {
+                let uids = ids("--allow-uid-as-agent", &value(&mut it)?)?;
+                // Running as the agent implies being allowed to spawn.
+                o.allow_uids.extend(&uids);
+                o.as_agent_uids.extend(uids);
+            }
             "--max-connections" => {
                 let v = value(&mut it)?;
                 o.max_connections = v

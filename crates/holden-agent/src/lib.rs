@@ -97,6 +97,7 @@ fn run(opts: args::Options) -> Result<(), String> {
         own_uid: fd::geteuid(),
         allow_uids: opts.allow_uids,
         allow_gids: opts.allow_gids,
+        as_agent_uids: opts.as_agent_uids,
         max_connections: opts.max_connections,
         message_timeout: opts.message_timeout,
     };

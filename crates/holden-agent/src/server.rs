@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use holden_proto::{self as proto, legacy, AgentError, GetInfoReply, ServiceInfo, SpawnParams, SpawnReply};
 use holden_sys::event::{Epoll, Event, SignalFd, ERROR, HANGUP, READABLE, READ_CLOSED, WRITABLE};
-use holden_sys::process::{self, Exit};
+use holden_sys::process::{self, Exit, User};
 use holden_sys::socket::{self, PeerCred};
 
 use crate::log::{self, Level};
@@ -37,6 +37,9 @@ pub struct Policy {
     pub allow_uids: Vec<u32>,
     /// Gids (primary or supplementary) whose members may spawn.
     pub allow_gids: Vec<u32>,
+    /// Uids whose processes run as the agent's own user; every other caller but root and the
+    /// agent's own uid gets processes running as itself.
+    pub as_agent_uids: Vec<u32>,
     /// Most connections served at once.
     pub max_connections: usize,
     /// How long a message that has begun may take to arrive whole.
@@ -44,6 +47,15 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// Who a caller's processes run as: the agent's user for root, the agent's own uid and the
+    /// `--allow-uid-as-agent` uids; the caller's own uid, gid and groups for everyone else.
+    fn run_as<'a>(&self, cred: &'a PeerCred) -> Option<User<'a>> {
+        if cred.uid == 0 || cred.uid == self.own_uid || self.as_agent_uids.contains(&cred.uid) {
+            return None;
+        }
+        Some(User { uid: cred.uid, gid: cred.gid, groups: &cred.groups })
+    }
+
     fn may_spawn(&self, cred: &PeerCred) -> bool {
         cred.uid == 0
             || cred.uid == self.own_uid
@@ -528,7 +540,8 @@ impl Server {
                     Ok(p) => p,
                     Err(e) => return err(e),
                 };
-                match self.spawner.spawn(&params, &fds) {
+                let c = &self.conns[&id];
+                match self.spawner.spawn(&params, &fds, self.policy.run_as(&c.cred)) {
                     Ok(child) => {
                         log::log(Level::Debug, format_args!("spawned {} as pid {}", params.argv[0], child.pid));
                         let more = call.more && !call.oneway;
@@ -585,7 +598,7 @@ impl Server {
                     push(c, legacy::process_error("Permission denied"), Vec::new());
                     return true;
                 }
-                match self.spawner.spawn_legacy(&name, &args) {
+                match self.spawner.spawn_legacy(&name, &args, self.policy.run_as(&c.cred)) {
                     Ok(child) => {
                         push(c, legacy::process_started(child.pid), Vec::new());
                         push(c, b"x".to_vec(), vec![child.pidfd]);

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use holden_proto::{AgentError, SpawnParams};
-use holden_sys::process::{self, Rlimit, SpawnError, SpawnSpec, Spawned, Stage};
+use holden_sys::process::{self, Rlimit, SpawnError, SpawnSpec, Spawned, Stage, User};
 
 /// What every spawn shares, prepared once at start-up.
 pub struct Spawner {
@@ -53,8 +53,9 @@ impl Spawner {
         Ok(Spawner { envp, path, devnull: File::open("/dev/null")?, default_rlimits })
     }
 
-    /// Spawns a Varlink `Spawn` request; `fds` are the descriptors of its message.
-    pub fn spawn(&self, p: &SpawnParams, fds: &[OwnedFd]) -> Result<Spawned, AgentError> {
+    /// Spawns a Varlink `Spawn` request; `fds` are the descriptors of its message. `user` is
+    /// who the process runs as (`None`: as the agent).
+    pub fn spawn(&self, p: &SpawnParams, fds: &[OwnedFd], user: Option<User<'_>>) -> Result<Spawned, AgentError> {
         let cstring = |parameter: &str, s: &str| {
             CString::new(s).map_err(|_| AgentError::InvalidParameter {
                 parameter: parameter.into(),
@@ -89,18 +90,18 @@ impl Spawner {
                 rlimits.push(*d);
             }
         }
-        self.run(&argv, envp, path, cwd.as_deref(), stdio, p.setsid.unwrap_or(false), p.umask, &rlimits)
+        self.run(&argv, envp, path, cwd.as_deref(), stdio, p.setsid.unwrap_or(false), p.umask, &rlimits, user)
     }
 
     /// Spawns a v0.2 START_PROCESS: `name` looked up in PATH, argv `[name, args...]`, the
     /// agent's environment and stdio.
-    pub fn spawn_legacy(&self, name: &[u8], args: &[Vec<u8>]) -> Result<Spawned, AgentError> {
+    pub fn spawn_legacy(&self, name: &[u8], args: &[Vec<u8>], user: Option<User<'_>>) -> Result<Spawned, AgentError> {
         let argv = std::iter::once(name)
             .chain(args.iter().map(Vec::as_slice))
             .map(|a| CString::new(a).expect("legacy strings end at their NUL"))
             .collect::<Vec<_>>();
         let stdio = [Some(self.devnull.as_fd()), None, None];
-        self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, false, None, &self.default_rlimits)
+        self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, false, None, &self.default_rlimits, user)
     }
 
     /// The child's environment: `env` (or the agent's), then `env_update` applied in order
@@ -153,11 +154,12 @@ impl Spawner {
         setsid: bool,
         umask: Option<u32>,
         rlimits: &[Rlimit],
+        user: Option<User<'_>>,
     ) -> Result<Spawned, AgentError> {
         let program = argv[0].as_bytes();
         // PATH lookup uses the child's own PATH, as std::process::Command does.
         let candidates = process::exec_candidates(program, path);
-        let spec = SpawnSpec { candidates: &candidates, argv, envp, cwd, stdio, setsid, umask, rlimits };
+        let spec = SpawnSpec { candidates: &candidates, argv, envp, cwd, stdio, setsid, umask, rlimits, user };
         process::spawn(&spec).map_err(|e| {
             let prog = String::from_utf8_lossy(program);
             match e {

@@ -19,7 +19,10 @@ fn client_role() {
         Err(e) => format!("connect-error {e}"),
         Ok(mut agent) => {
             let ping = agent.ping().map_or_else(|e| format!("ping-error {e}"), |()| "ping-ok".into());
-            let spawn = match holden::Command::new("true").spawn_via(&mut agent) {
+            // Exits with its uid modulo 256: 254 for nobody, 0 for root.
+            let mut cmd = holden::Command::new("sh");
+            cmd.args(["-c", "exit $(( $(id -u) % 256 ))"]);
+            let spawn = match cmd.spawn_via(&mut agent) {
                 Ok(mut c) => format!("spawn-ok {}", c.wait().unwrap()),
                 Err(holden::Error::Agent(holden::AgentError::PermissionDenied { uid })) => {
                     format!("spawn-denied {uid}")
@@ -54,7 +57,7 @@ fn run_as_nobody(dir: &TempDir, socket: &std::path::Path) -> String {
 }
 
 #[test]
-fn an_unprivileged_uid_is_refused_unless_allowed() {
+fn regression_an_allowed_caller_gets_processes_running_as_itself_not_as_root() {
     require_root();
     let dir = TempDir::new("access");
     std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -71,11 +74,16 @@ fn an_unprivileged_uid_is_refused_unless_allowed() {
     assert_eq!(run_as_nobody(&dir, &agent.socket), format!("ping-ok spawn-denied {NOBODY}"));
     drop(agent);
 
-    // Allowed by uid, and by gid.
-    for allow in [["--allow-uid", "65534"], ["--allow-gid", "65534"]] {
+    // Allowed by uid, and by gid: the processes run as the caller (uid 65534 exits 254), not as
+    // the agent's root; only --allow-uid-as-agent gives the agent's own user (exit 0).
+    for (allow, code) in [
+        (["--allow-uid", "65534"], 254),
+        (["--allow-gid", "65534"], 254),
+        (["--allow-uid-as-agent", "65534"], 0),
+    ] {
         let args = ["--socket-mode", "0666", allow[0], allow[1]];
         let agent = TestAgent::start_at(TempDir::new("access-c"), dir.0.join("c.sock"), &args);
-        assert_eq!(run_as_nobody(&dir, &agent.socket), "ping-ok spawn-ok exit code 0", "{allow:?}");
+        assert_eq!(run_as_nobody(&dir, &agent.socket), format!("ping-ok spawn-ok exit code {code}"), "{allow:?}");
         let pid = agent.pid();
         drop(agent);
         assert!(!alive(pid));

@@ -51,6 +51,8 @@ pub enum Stage {
     Setsid,
     /// `setrlimit(2)`.
     Rlimit,
+    /// `setgroups(2)`, `setresgid(2)`, `setresuid(2)`: becoming the requested user.
+    User,
     /// `chdir(2)` to the requested directory.
     Cwd,
     /// `execve(2)` of every candidate path.
@@ -64,6 +66,7 @@ impl Stage {
             Stage::Stdio => "stdio",
             Stage::Setsid => "setsid",
             Stage::Rlimit => "rlimit",
+            Stage::User => "user",
             Stage::Cwd => "cwd",
             Stage::Exec => "exec",
         }
@@ -139,6 +142,19 @@ pub struct SpawnSpec<'a> {
     pub umask: Option<u32>,
     /// Resource limits to set.
     pub rlimits: &'a [Rlimit],
+    /// The user to become before `chdir` and `execve`; `None` keeps the caller's.
+    pub user: Option<User<'a>>,
+}
+
+/// Credentials for a spawned process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct User<'a> {
+    /// Real, effective and saved uid.
+    pub uid: u32,
+    /// Real, effective and saved gid.
+    pub gid: u32,
+    /// Supplementary groups (at most 65,536, as the kernel allows).
+    pub groups: &'a [u32],
 }
 
 /// A process started by [`spawn`].
@@ -296,6 +312,16 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             let lim = libc::rlimit { rlim_cur: r.soft as libc::rlim_t, rlim_max: r.hard as libc::rlim_t };
             if libc::setrlimit(r.resource as _, &lim) < 0 {
                 fail(ctx, Stage::Rlimit, errno());
+            }
+        }
+        // Raw system calls: glibc's wrappers would try to change every thread's credentials,
+        // which a vfork child sharing the parent's memory must not attempt.
+        if let Some(u) = spec.user {
+            if libc::syscall(libc::SYS_setgroups, u.groups.len(), u.groups.as_ptr()) < 0
+                || libc::syscall(libc::SYS_setresgid, u.gid, u.gid, u.gid) < 0
+                || libc::syscall(libc::SYS_setresuid, u.uid, u.uid, u.uid) < 0
+            {
+                fail(ctx, Stage::User, errno());
             }
         }
         if let Some(cwd) = spec.cwd {

@@ -25,6 +25,7 @@ fn spawn(argv: &[&str]) -> Result<process::Spawned, SpawnError> {
         setsid: false,
         umask: None,
         rlimits: &[],
+        user: None,
     };
     process::spawn(&spec)
 }

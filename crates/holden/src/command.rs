@@ -254,6 +254,7 @@ impl Command {
             setsid: self.setsid,
             umask: self.umask,
             rlimits: &rlimits,
+            user: None,
         };
         let prog = || String::from_utf8_lossy(program).into_owned();
         match process::spawn(&spec) {
