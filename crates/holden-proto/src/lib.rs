@@ -271,7 +271,7 @@ pub enum AgentError {
     /// `io.holden.Agent.SpawnFailed`.
     #[error("spawn failed at {stage}: {message} (errno {errno})")]
     SpawnFailed {
-        /// `clone`, `stdio`, `setsid`, `rlimit` or `cwd`.
+        /// `clone`, `stdio`, `setsid`, `rlimit`, `user`, `cwd`, `deliver` or `receive`.
         stage: String,
         /// The errno of the failing call.
         errno: i32,
