@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use holden_orchestrator::machine::{Event, State, Wanted};
 use holden_sys::process;
 
+use crate::exits::Proc;
 use crate::procfs;
 use crate::state::{self, Intent, Snapshot, TAG_VAR};
-use crate::exits::Proc;
 use crate::supervisor::{say, Supervisor, Svc};
 
 /// How long strays get between SIGTERM and SIGKILL.
@@ -155,7 +155,10 @@ impl Supervisor {
         if strays.is_empty() {
             return;
         }
-        say(&format!("ending {} processes of the last run that belong to no adopted service: {strays:?}", strays.len()));
+        say(&format!(
+            "ending {} processes of the last run that belong to no adopted service: {strays:?}",
+            strays.len()
+        ));
         let runs = self.runs.clone();
         self.end_processes(|s| s.tagged(&runs, adopted));
     }

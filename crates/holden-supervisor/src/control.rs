@@ -8,12 +8,11 @@ use holden_sys::event::{READABLE, WRITABLE};
 use holden_sys::socket;
 
 use crate::conn::{Conn, Follow, Input};
-use crate::logs::LogFile;
 use crate::exits::exit_text;
+use crate::logs::LogFile;
 use crate::supervisor::{say, Supervisor, Svc, Target};
 
 impl Supervisor {
-
     pub(crate) fn accept(&mut self) {
         loop {
             let stream = match self.listener.listener.accept() {
@@ -245,7 +244,6 @@ impl Supervisor {
             },
         }
     }
-
 
     /// Records that the operator stopped (or started) a service by hand: it survives a crash.
     fn by_hand(&mut self, name: &str, stopped: bool) {

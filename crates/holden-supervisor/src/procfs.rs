@@ -35,7 +35,6 @@ pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
         .collect()
 }
 
-
 /// The value of `key` in the environment `pid` started with (`/proc/PID/environ`), if it is
 /// there and readable.
 pub fn env_value(pid: i32, key: &str) -> Option<String> {

@@ -17,8 +17,8 @@ use holden_orchestrator::config::{KillMode, Output};
 use holden_orchestrator::machine::{Event, Wanted};
 use holden_sys::event::{READABLE, WRITABLE};
 
-use crate::state::{self, TAG_VAR};
 use crate::exits::Proc;
+use crate::state::{self, TAG_VAR};
 use crate::supervisor::{say, Supervisor, Target, SPAWN_BUDGET};
 
 /// How long a spawn through an agent may take before the agent counts as unreachable.

@@ -219,7 +219,9 @@ impl StateFile {
         match serde_json::from_slice::<Snapshot>(&text) {
             Ok(s) if s.boot_id == boot_id() => Ok(s),
             Ok(_) => Ok(Snapshot::default()),
-            Err(e) => Err(StateError::Invalid { path: self.path.clone(), message: e.to_string(), aside: self.set_aside() }),
+            Err(e) => {
+                Err(StateError::Invalid { path: self.path.clone(), message: e.to_string(), aside: self.set_aside() })
+            }
         }
     }
 

@@ -19,11 +19,11 @@ use holden_sys::event::{Epoll, SignalFd, READABLE, WRITABLE};
 use holden_sys::process;
 
 use crate::conn::{Conn, Follow};
+use crate::exits::{exit_text, Proc};
 use crate::holder::Holder;
 use crate::logs::{LogFile, Pipe};
 use crate::notify::Notifier;
 use crate::spawn::InFlight;
-use crate::exits::{exit_text, Proc};
 use crate::state::{Identity, Intent, Snapshot, StateFile};
 use crate::{Error, Options};
 
@@ -349,10 +349,11 @@ impl Supervisor {
                 }
             }
         }
-        self.end_strays();
+        // The holder first: it is our child, and would otherwise be ended as a stray.
         if let Some(h) = self.holder.take() {
             h.shutdown();
         }
+        self.end_strays();
         self.notify.send("STATUS=stopped");
         self.state_file.remove();
         say("holden up: every service is down; exiting");

@@ -75,4 +75,3 @@ pub fn signal_name(sig: i32) -> String {
         _ => format!("signal {sig}"),
     }
 }
-

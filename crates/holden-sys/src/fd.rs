@@ -89,3 +89,17 @@ pub fn set_pipe_size(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<usize> {
     let got = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, want) })?;
     Ok(got as usize)
 }
+
+/// Makes this process ignore `signal`: `sigaction(2)` with `SIG_IGN`. The setting is
+/// process-wide and survives `execve(2)`; children started by [`crate::process::spawn`] reset
+/// it to the default.
+/// Man page: <https://man7.org/linux/man-pages/man2/sigaction.2.html>.
+pub fn ignore_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: sigaction is plain data; zeroed is an empty mask with no flags. SIG_IGN installs
+    // no handler, so no code of ours ever runs in signal context.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    act.sa_sigaction = libc::SIG_IGN;
+    // SAFETY: `act` is a valid sigaction for the call; the old action is not asked for.
+    cvt(unsafe { libc::sigaction(signal, &act, std::ptr::null_mut()) })?;
+    Ok(())
+}

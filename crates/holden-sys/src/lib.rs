@@ -14,6 +14,7 @@
 //! - [`event`]: `epoll`, `signalfd` and `poll`.
 //! - [`fd`]: descriptor hygiene (`close_range`, close-on-exec), resource limits, ids.
 #![deny(missing_docs)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod event;
 pub mod fd;

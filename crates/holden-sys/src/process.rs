@@ -270,8 +270,8 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         unsafe { libc::_exit(127) }
     };
     let spec = ctx.spec;
-    // SAFETY (whole block): each call below is a thin, async-signal-safe system-call wrapper on
-    // arguments prepared by the parent; none allocates.
+    // SAFETY: (the whole block) each call below is a thin, async-signal-safe system-call
+    // wrapper on arguments prepared by the parent; none allocates.
     unsafe {
         // Default disposition for every signal, through the raw system call: glibc's wrapper
         // refuses its internal signals 32 and 33, which a launcher may have left ignored. An
