@@ -231,7 +231,9 @@ impl Server {
                 Ok((s, _)) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) && self.spare.is_some() => {
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)) && self.spare.is_some() =>
+                {
                     // Out of descriptors: free the spare one to accept this client and tell it
                     // so, instead of leaving it waiting in the backlog.
                     self.spare = None;
@@ -651,7 +653,6 @@ fn push(c: &mut Conn, data: Vec<u8>, fds: Vec<OwnedFd>) {
     c.out.push_back(Out { data, fds, sent: 0, child: None });
 }
 
-
 /// Sends an error and closes after it: the stream can no longer be split into messages.
 fn fail_framing(c: &mut Conn, reason: &str) {
     let msg = match c.proto {
@@ -780,9 +781,16 @@ fn flush(c: &mut Conn) -> io::Result<()> {
                 for fd in &o.fds {
                     let _ = process::pidfd_send_signal(fd, libc::SIGKILL);
                 }
+                let (level, why) = match errno {
+                    libc::EPIPE | libc::ECONNRESET => (Level::Info, "the caller left before receiving it".to_owned()),
+                    _ => (Level::Error, crate::spawner::errno_text(errno)),
+                };
                 log::log(
-                    Level::Error,
-                    format_args!("pid {} uid {}: cannot deliver the pidfd of pid {pid}: {e}; killed it", c.cred.pid, c.cred.uid),
+                    level,
+                    format_args!(
+                        "pid {} uid {}: cannot deliver the pidfd of pid {pid}: {why}; killed it",
+                        c.cred.pid, c.cred.uid
+                    ),
                 );
                 c.undelivered.push(pid);
                 let legacy = c.proto == Proto::Legacy;

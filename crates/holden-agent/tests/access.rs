@@ -76,11 +76,9 @@ fn regression_an_allowed_caller_gets_processes_running_as_itself_not_as_root() {
 
     // Allowed by uid, and by gid: the processes run as the caller (uid 65534 exits 254), not as
     // the agent's root; only --allow-uid-as-agent gives the agent's own user (exit 0).
-    for (allow, code) in [
-        (["--allow-uid", "65534"], 254),
-        (["--allow-gid", "65534"], 254),
-        (["--allow-uid-as-agent", "65534"], 0),
-    ] {
+    for (allow, code) in
+        [(["--allow-uid", "65534"], 254), (["--allow-gid", "65534"], 254), (["--allow-uid-as-agent", "65534"], 0)]
+    {
         let args = ["--socket-mode", "0666", allow[0], allow[1]];
         let agent = TestAgent::start_at(TempDir::new("access-c"), dir.0.join("c.sock"), &args);
         assert_eq!(run_as_nobody(&dir, &agent.socket), format!("ping-ok spawn-ok exit code {code}"), "{allow:?}");

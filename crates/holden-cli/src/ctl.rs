@@ -26,8 +26,9 @@ Options:
   -h, --help             this text
 
 Environment:
-  HOLDEN_TIMEOUT         seconds (such as 0.5) to wait for the orchestrator to accept, read and
-                         answer each call (default 5); `logs -f` and `events` then follow without
+  HOLDEN_TIMEOUT         how long each call may take to connect, send and be answered, in
+                         seconds (default 5; 0.5 is half a second); once answered, `logs -f`
+                         and `events` follow for as long as they run
 
 Exit status: 0 on success; 1 when the orchestrator reports an error (no such service,
 permission denied, reload failed...); 2 on a usage error; 3 when no orchestrator answers, or

@@ -102,9 +102,10 @@ impl Svc {
         if self.stopped_by_hand {
             return Some(Intent::Stopped);
         }
-        match (self.m.state, self.m.wanted) {
-            (State::Exited, Wanted::Down) => Some(Intent::Completed),
-            (State::Failed, _) => Some(Intent::Failed),
+        // Exited means its policy does not restart it (a start by hand leaves the state).
+        match self.m.state {
+            State::Exited => Some(Intent::Completed),
+            State::Failed => Some(Intent::Failed),
             _ => None,
         }
     }

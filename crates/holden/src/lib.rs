@@ -38,8 +38,8 @@ mod pending;
 pub use agent::{Agent, DEFAULT_SOCKET};
 pub use child::{Child, ExitStatus};
 pub use command::{Command, Stdio};
-pub use pending::{Interest, PendingSpawn};
 pub use holden_proto::{AgentError, Features, GetInfoReply as AgentInfo};
+pub use pending::{Interest, PendingSpawn};
 
 use std::io;
 use std::path::PathBuf;

@@ -198,3 +198,102 @@ pub fn pipe() -> (std::fs::File, std::os::fd::OwnedFd) {
     let (r, w) = std::io::pipe().unwrap();
     (std::fs::File::from(std::os::fd::OwnedFd::from(r)), std::os::fd::OwnedFd::from(w))
 }
+
+impl TestAgent {
+    /// Starts an agent from a prepared command (the agent itself, or a wrapper such as
+    /// `setpriv` or `prlimit` that execs it, so that the child's pid is the agent's) and waits
+    /// for its socket.
+    pub fn start_command(mut cmd: Command, dir: TempDir, socket: PathBuf) -> TestAgent {
+        let proc = cmd.stdin(Stdio::null()).spawn().expect("start holden-agent");
+        let agent = TestAgent { proc: Some(proc), socket, dir };
+        agent.wait_ready();
+        agent
+    }
+
+    /// The no-leak check that ends a test: the agent has no child left (no zombie either), it
+    /// exits 0 on SIGTERM, and its process is gone.
+    pub fn finish(mut self) {
+        let pid = self.pid();
+        assert_no_children(pid);
+        let status = self.stop();
+        assert!(status.success(), "agent exit status after SIGTERM: {status:?}");
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "agent process {pid} is still there");
+    }
+}
+
+/// The program a process runs (`/proc/PID/exe`).
+pub fn exe_of(pid: i32) -> PathBuf {
+    std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default()
+}
+
+/// A process's arguments (`/proc/PID/cmdline`); empty if it is gone or a zombie.
+pub fn cmdline(pid: i32) -> Vec<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    raw.split(|&b| b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+}
+
+/// A field of `/proc/PID/status` (such as `VmRSS` or `Uid`), its value trimmed.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(field)?.strip_prefix(':').map(|v| v.trim().to_owned()))
+}
+
+/// A memory figure of `/proc/PID/status` (`VmRSS`, `VmHWM`, ...) in KiB.
+pub fn proc_status_kib(pid: i32, field: &str) -> Option<u64> {
+    proc_status(pid, field)?.strip_suffix(" kB")?.trim().parse().ok()
+}
+
+/// Reads NUL-terminated Varlink messages, each with the descriptors that came with it
+/// (`SCM_RIGHTS`, attached by the sender to a message's first byte).
+pub struct FdReader {
+    pub stream: UnixStream,
+    buf: Vec<u8>,
+    /// Descriptors received, each with the offset in `buf` of the message they came with.
+    fds: Vec<(usize, std::os::fd::OwnedFd)>,
+    ready: std::collections::VecDeque<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
+}
+
+impl FdReader {
+    pub fn new(stream: UnixStream) -> FdReader {
+        FdReader { stream, buf: Vec::new(), fds: Vec::new(), ready: Default::default() }
+    }
+
+    /// The next message (without its NUL) and its descriptors; `Ok(None)` at end of stream.
+    /// A read timeout set on the stream is an error of kind `WouldBlock`.
+    pub fn next(&mut self) -> std::io::Result<Option<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>> {
+        use std::os::fd::AsFd;
+        let mut chunk = vec![0u8; 64 * 1024];
+        loop {
+            if let Some(m) = self.ready.pop_front() {
+                return Ok(Some(m));
+            }
+            let mut fds = Vec::new();
+            let got = holden_sys::socket::recv_with_fds(self.stream.as_fd(), &mut chunk, &mut fds)?;
+            if got.len == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&chunk[..got.len]);
+            // The kernel ends a read after the data that carried descriptors, so they belong
+            // to the message holding the last byte read.
+            let end = self.buf.len() - 1;
+            let start = self.buf[..end].iter().rposition(|&b| b == 0).map_or(0, |p| p + 1);
+            self.fds.extend(fds.into_iter().map(|fd| (start, fd)));
+            while let Some(nul) = self.buf.iter().position(|&b| b == 0) {
+                let mut msg: Vec<u8> = self.buf.drain(..=nul).collect();
+                msg.pop();
+                let (mine, rest): (Vec<_>, Vec<_>) = self.fds.drain(..).partition(|(off, _)| *off <= nul);
+                self.fds = rest.into_iter().map(|(off, fd)| (off - nul - 1, fd)).collect();
+                self.ready.push_back((msg, mine.into_iter().map(|(_, fd)| fd).collect()));
+            }
+        }
+    }
+}
+
+/// CPU time a process has used (user + system), in clock ticks (`/proc/PID/stat`).
+pub fn cpu_ticks(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    // After the command name: state is field 3, utime field 14, stime field 15.
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+    field(14) + field(15)
+}

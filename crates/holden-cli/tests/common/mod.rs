@@ -443,7 +443,8 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size` (`1m`) at `path`, creating the directory.
     pub fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
-        let out = run_short(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path));
+        let out =
+            run_short(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path));
         assert!(out.status.success(), "mount a tmpfs at {}: {}", path.display(), stderr(&out));
         Tmpfs(path.into())
     }
