@@ -303,7 +303,11 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
     match cmd {
         "status" => {
             let list: Vec<ServiceStatus> = if a.names.is_empty() {
-                field(&c.call("List", serde_json::json!({}))?, "services")?
+                let reply = c.call("List", serde_json::json!({}))?;
+                if let Some(e) = reply.get("state_file_error").and_then(|e| e.as_str()) {
+                    eprintln!("holden status: warning: state file: {e} (retrying)");
+                }
+                field(&reply, "services")?
             } else {
                 let mut v = Vec::new();
                 for n in &a.names {

@@ -310,6 +310,9 @@ stderr = "null"
     );
     assert!(up.running(), "holden up ended on a full disk:\n{}\n{}", up.output(), up.errors());
     up.service("flap");
+    // `holden status` says so while it lasts.
+    let warned = up.cli(&["status"]);
+    assert!(stderr(&warned).contains("state file"), "status does not warn: {}", stderr(&warned));
 
     // The last pid change happens while the disk is still full: only a retried write records it.
     std::fs::remove_file(&flag).unwrap();
