@@ -9,40 +9,10 @@
 
 mod common;
 
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-static PROTECTED: Mutex<Vec<i32>> = Mutex::new(Vec::new());
-/// These tests count processes machine-wide by marker; one at a time keeps that simple.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn reaper() {
-    static START: Once = Once::new();
-    START.call_once(|| {
-        holden_sys::process::set_child_subreaper().unwrap();
-        std::thread::spawn(|| loop {
-            let reaped = {
-                // Not while a short-lived child of a test runs: std must reap that one itself.
-                let _guard = SHORT_CHILD.lock().unwrap_or_else(|e| e.into_inner());
-                match holden_sys::process::peek_exited_child() {
-                    Ok(Some(pid)) if !PROTECTED.lock().unwrap().contains(&pid) => {
-                        holden_sys::process::reap_pid(pid).is_ok()
-                    }
-                    _ => false,
-                }
-            };
-            if !reaped {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        });
-    });
-}
-
-fn protect(pid: i32) {
-    PROTECTED.lock().unwrap().push(pid);
-}
 
 fn alive(pid: i64) -> bool {
     holden_cli::is_running(pid as i32)

@@ -462,7 +462,7 @@ impl Drop for Tmpfs {
 /// time even without `--test-threads=1`.
 pub static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The test process's own orphans' reaper (a copy of up_crash.rs's): when `holden up` is
+/// The test process's own orphans' reaper: when `holden up` is
 /// SIGKILLed, its services are re-parented to the test process, a child subreaper as systemd
 /// or a container's init would be, and this reaps them (this VM's PID 1 does not). It leaves
 /// alone the pids given to `protect` (orchestrators and agents that tests wait for themselves)
