@@ -63,12 +63,8 @@ fn run(opts: args::Options) -> Result<(), String> {
 
     // Many connections need many descriptors; children get the limit we started with.
     let nofile = process::rlimit_resource("nofile").expect("nofile is a resource");
-    let mut child_limits = Vec::new();
-    if let Ok((soft, hard)) = fd::getrlimit(nofile) {
-        if soft < hard && fd::setrlimit(nofile, hard, hard).is_ok() {
-            child_limits.push(process::Rlimit { resource: nofile, soft, hard });
-        }
-    }
+    let child_limits: Vec<process::Rlimit> =
+        fd::raise_nofile().map(|(soft, hard)| process::Rlimit { resource: nofile, soft, hard }).into_iter().collect();
 
     let f = process::probe_features();
     if !f.clone_pidfd {

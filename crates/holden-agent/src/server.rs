@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use holden_proto::{self as proto, legacy, AgentError, GetInfoReply, ServiceInfo, SpawnParams, SpawnReply};
+use holden_proto::{self as proto, legacy, AgentError, GetInfoReply, SpawnParams, SpawnReply};
 use holden_sys::event::{Epoll, Event, SignalFd, ERROR, HANGUP, READABLE, READ_CLOSED, WRITABLE};
 use holden_sys::process::{self, Exit, User};
 use holden_sys::socket::{self, PeerCred};
@@ -506,27 +506,14 @@ impl Server {
         if call.upgrade {
             return err(AgentError::MethodNotImplemented { method: format!("{} (upgrade)", call.method) });
         }
+        let described = [(proto::AGENT_INTERFACE, proto::AGENT_DESCRIPTION)];
+        if let Some(r) = proto::service_call(&call.method, &call.parameters, "holden-agent", &described) {
+            return match r {
+                Ok(v) => ok(&v),
+                Err(e) => err(e.into()),
+            };
+        }
         match call.method.as_str() {
-            "org.varlink.service.GetInfo" => ok(&ServiceInfo {
-                vendor: "Holden".into(),
-                product: "holden-agent".into(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                url: String::new(),
-                interfaces: vec![proto::SERVICE_INTERFACE.into(), proto::AGENT_INTERFACE.into()],
-            }),
-            "org.varlink.service.GetInterfaceDescription" => {
-                match call.parameters.get("interface").and_then(|v| v.as_str()) {
-                    Some(proto::AGENT_INTERFACE) => ok(&serde_json::json!({ "description": proto::AGENT_DESCRIPTION })),
-                    Some(proto::SERVICE_INTERFACE) => {
-                        ok(&serde_json::json!({ "description": proto::SERVICE_DESCRIPTION }))
-                    }
-                    Some(other) => err(AgentError::InterfaceNotFound { interface: other.into() }),
-                    None => err(AgentError::InvalidParameter {
-                        parameter: "interface".into(),
-                        reason: "must be a string".into(),
-                    }),
-                }
-            }
             "io.holden.Agent.Ping" => ok(&serde_json::json!({})),
             "io.holden.Agent.GetInfo" => ok(&self.info),
             "io.holden.Agent.Spawn" => {

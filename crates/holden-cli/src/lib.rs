@@ -111,6 +111,6 @@ mod tests {
     fn signal_names() {
         assert_eq!(signal_name(15), "SIGTERM");
         assert_eq!(signal_name(9), "SIGKILL");
-        assert_eq!(signal_name(40), "signal 40");
+        assert_eq!(signal_name(40), "SIGRTMIN+6");
     }
 }

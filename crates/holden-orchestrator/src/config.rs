@@ -232,27 +232,10 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(v * scale))
 }
 
-/// Parses a signal given as `SIGTERM`, `TERM` or a number from 1 to 64.
+/// Parses a signal given as `SIGTERM`, `TERM`, `SIGRTMIN+3` or a number from 1 to 64 (the one
+/// signal table is `holden_proto::signal`).
 pub fn parse_signal(s: &str) -> Result<i32, String> {
-    const NAMES: [(&str, i32); 12] = [
-        ("HUP", 1),
-        ("INT", 2),
-        ("QUIT", 3),
-        ("KILL", 9),
-        ("USR1", 10),
-        ("USR2", 12),
-        ("ALRM", 14),
-        ("TERM", 15),
-        ("CONT", 18),
-        ("STOP", 19),
-        ("TSTP", 20),
-        ("WINCH", 28),
-    ];
-    if let Ok(n) = s.parse::<i32>() {
-        return if (1..=64).contains(&n) { Ok(n) } else { Err(format!("signal {n} is out of range 1..=64")) };
-    }
-    let name = s.strip_prefix("SIG").unwrap_or(s);
-    NAMES.iter().find(|(n, _)| *n == name).map(|(_, v)| *v).ok_or_else(|| format!("unknown signal {s:?}"))
+    holden_proto::signal::parse(s)
 }
 
 fn parse_output(s: Option<String>) -> Output {

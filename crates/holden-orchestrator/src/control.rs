@@ -97,10 +97,6 @@ pub enum Request {
     Logs(String, u32),
     /// `Events()`.
     Events,
-    /// `org.varlink.service.GetInfo()`.
-    GetInfo,
-    /// `org.varlink.service.GetInterfaceDescription(interface)`.
-    GetInterfaceDescription(String),
 }
 
 impl Request {
@@ -225,13 +221,25 @@ impl ControlError {
             _ => ControlError::Other { name: name.into(), parameters: Value::Object(p.clone()).to_string() },
         }
     }
+}
 
-    /// The error reply, NUL-terminated.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec(&serde_json::json!({ "error": self.name(), "parameters": self.parameters() }))
-            .expect("serialising an error");
-        v.push(0);
-        v
+impl From<holden_proto::ServiceError> for ControlError {
+    fn from(e: holden_proto::ServiceError) -> ControlError {
+        match e {
+            holden_proto::ServiceError::InterfaceNotFound(interface) => ControlError::InterfaceNotFound { interface },
+            holden_proto::ServiceError::InvalidInterface => {
+                ControlError::InvalidParameter { parameter: "interface: must be a string".into() }
+            }
+        }
+    }
+}
+
+impl holden_proto::VarlinkError for ControlError {
+    fn varlink_name(&self) -> std::borrow::Cow<'_, str> {
+        self.name().into()
+    }
+    fn varlink_parameters(&self) -> Value {
+        self.parameters()
     }
 }
 
@@ -303,8 +311,6 @@ pub fn parse_request(method: &str, p: &Map<String, Value>) -> Result<Request, Co
             Request::Logs(string(p, "name")?, lines)
         }
         (Some("Events"), _) => no_extra(p, &[]).map(|_| Request::Events)?,
-        (_, "org.varlink.service.GetInfo") => Request::GetInfo,
-        (_, "org.varlink.service.GetInterfaceDescription") => Request::GetInterfaceDescription(string(p, "interface")?),
         _ => return Err(ControlError::MethodNotFound { method: method.into() }),
     };
     Ok(req)

@@ -47,6 +47,7 @@
 #![deny(missing_docs)]
 
 pub mod legacy;
+pub mod signal;
 mod spawn;
 
 pub use spawn::{ExitStatus, Features, GetInfoReply, Rlimit, SpawnParams, SpawnReply};
@@ -212,10 +213,33 @@ pub fn encode_reply(parameters: &impl Serialize, continues: bool) -> Vec<u8> {
     terminate(serde_json::to_vec(&Out { parameters, continues }))
 }
 
-/// Encodes an error reply, NUL-terminated.
-pub fn encode_error(error: &AgentError) -> Vec<u8> {
-    let out = serde_json::json!({ "error": error.name(), "parameters": error.parameters() });
-    terminate(serde_json::to_vec(&out))
+/// An error that crosses the wire: a Varlink error name and its parameters. The agent's
+/// [`AgentError`] and the orchestrator's control errors implement it, and
+/// [`VarlinkError::encode`] is the one encoder of error replies.
+pub trait VarlinkError {
+    /// The fully qualified error name, such as `io.holden.Agent.ExecFailed`.
+    fn varlink_name(&self) -> std::borrow::Cow<'_, str>;
+    /// The error's parameters object.
+    fn varlink_parameters(&self) -> Value;
+    /// The error reply, NUL-terminated.
+    fn encode(&self) -> Vec<u8> {
+        let out = serde_json::json!({ "error": self.varlink_name(), "parameters": self.varlink_parameters() });
+        terminate(serde_json::to_vec(&out))
+    }
+}
+
+impl VarlinkError for AgentError {
+    fn varlink_name(&self) -> std::borrow::Cow<'_, str> {
+        self.name().into()
+    }
+    fn varlink_parameters(&self) -> Value {
+        self.parameters()
+    }
+}
+
+/// Encodes an error reply, NUL-terminated ([`VarlinkError::encode`]).
+pub fn encode_error(error: &impl VarlinkError) -> Vec<u8> {
+    error.encode()
 }
 
 fn terminate(v: serde_json::Result<Vec<u8>>) -> Vec<u8> {
@@ -426,6 +450,59 @@ pub struct ServiceInfo {
     pub url: String,
     /// The interfaces it serves.
     pub interfaces: Vec<String>,
+}
+
+/// Why an `org.varlink.service` call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceError {
+    /// `GetInterfaceDescription` of an interface the server does not serve.
+    InterfaceNotFound(String),
+    /// `interface` is missing or not a string.
+    InvalidInterface,
+}
+
+impl From<ServiceError> for AgentError {
+    fn from(e: ServiceError) -> AgentError {
+        match e {
+            ServiceError::InterfaceNotFound(interface) => AgentError::InterfaceNotFound { interface },
+            ServiceError::InvalidInterface => {
+                AgentError::InvalidParameter { parameter: "interface".into(), reason: "must be a string".into() }
+            }
+        }
+    }
+}
+
+/// Answers the `org.varlink.service` calls every Holden server serves the same way:
+/// `GetInfo` (Holden, `product`, this version, the interfaces) and `GetInterfaceDescription`
+/// of `org.varlink.service` itself or of one of `interfaces` (name, description). `None` when
+/// `method` is neither, so the server's own dispatch goes on.
+pub fn service_call(
+    method: &str,
+    parameters: &Map<String, Value>,
+    product: &str,
+    interfaces: &[(&str, &str)],
+) -> Option<Result<Value, ServiceError>> {
+    let all = || std::iter::once((SERVICE_INTERFACE, SERVICE_DESCRIPTION)).chain(interfaces.iter().copied());
+    match method {
+        "org.varlink.service.GetInfo" => {
+            let info = ServiceInfo {
+                vendor: "Holden".into(),
+                product: product.into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                url: String::new(),
+                interfaces: all().map(|(name, _)| name.to_owned()).collect(),
+            };
+            Some(Ok(serde_json::to_value(info).expect("a plain struct")))
+        }
+        "org.varlink.service.GetInterfaceDescription" => Some(match parameters.get("interface") {
+            Some(Value::String(i)) => match all().find(|(name, _)| name == i) {
+                Some((_, description)) => Ok(serde_json::json!({ "description": description })),
+                None => Err(ServiceError::InterfaceNotFound(i.clone())),
+            },
+            _ => Err(ServiceError::InvalidInterface),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 
 use holden_orchestrator::control::{self, ControlError, Request, ServiceStatus, INTERFACE};
 use holden_orchestrator::machine::{Event, Wanted};
+use holden_proto::VarlinkError;
 use holden_sys::event::{READABLE, WRITABLE};
 use holden_sys::socket;
 
@@ -103,12 +104,17 @@ impl Supervisor {
                 return;
             }
         };
-        let reply = control::parse_request(&call.method, &call.parameters).and_then(|req| {
-            if (req.mutates() || matches!(req, Request::Logs(..))) && !self.access.allows(&conn.cred) {
-                return Err(ControlError::PermissionDenied { uid: conn.cred.uid });
-            }
-            self.answer(req, call.more, conn)
-        });
+        let described = [(INTERFACE, control::DESCRIPTION)];
+        let service = holden_proto::service_call(&call.method, &call.parameters, "holden", &described);
+        let reply = match service {
+            Some(r) => r.map(Some).map_err(ControlError::from),
+            None => control::parse_request(&call.method, &call.parameters).and_then(|req| {
+                if (req.mutates() || matches!(req, Request::Logs(..))) && !self.access.allows(&conn.cred) {
+                    return Err(ControlError::PermissionDenied { uid: conn.cred.uid });
+                }
+                self.answer(req, call.more, conn)
+            }),
+        };
         if call.oneway {
             return;
         }
@@ -225,23 +231,6 @@ impl Supervisor {
                 conn.follow = Some(Follow::Events);
                 Ok(None)
             }
-            Request::GetInfo => Ok(Some(
-                serde_json::to_value(holden_proto::ServiceInfo {
-                    vendor: "Holden".into(),
-                    product: "holden".into(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    url: String::new(),
-                    interfaces: vec![INTERFACE.into(), holden_proto::SERVICE_INTERFACE.into()],
-                })
-                .expect("plain struct"),
-            )),
-            Request::GetInterfaceDescription(i) => match i.as_str() {
-                INTERFACE => Ok(Some(serde_json::json!({ "description": control::DESCRIPTION }))),
-                holden_proto::SERVICE_INTERFACE => {
-                    Ok(Some(serde_json::json!({ "description": holden_proto::SERVICE_DESCRIPTION })))
-                }
-                _ => Err(ControlError::InterfaceNotFound { interface: i }),
-            },
         }
     }
 

@@ -210,13 +210,7 @@ impl Supervisor {
         let _ = process::set_child_subreaper();
         // Each service holds a pidfd and up to two log pipes here: raise the soft limit on
         // descriptors to the hard one. Local services get the limit we started with.
-        let nofile = process::rlimit_resource("nofile").expect("nofile is a resource");
-        let mut child_nofile = None;
-        if let Ok((soft, hard)) = holden_sys::fd::getrlimit(nofile) {
-            if soft < hard && holden_sys::fd::setrlimit(nofile, hard, hard).is_ok() {
-                child_nofile = Some((soft, hard));
-            }
-        }
+        let child_nofile = holden_sys::fd::raise_nofile();
         let epoll = Epoll::new().map_err(Error::setup("epoll"))?;
         epoll.add(&signals, SIGNALS, READABLE).map_err(Error::setup("epoll"))?;
         epoll.add(&listener.listener, LISTENER, READABLE).map_err(Error::setup("epoll"))?;

@@ -24,54 +24,8 @@ pub fn timestamp(t: std::time::SystemTime) -> String {
     )
 }
 
-/// The usual name of a signal number (`SIGTERM`), or `signal N`. The table follows the
-/// numbering of x86, ARM and RISC-V (the generic one); elsewhere it falls back to the number.
+/// The usual name of a signal number (`SIGTERM`, `SIGRTMIN+2`), or `signal N`: the one table
+/// is `holden_proto::signal`.
 pub fn signal_name(sig: i32) -> String {
-    if !cfg!(any(
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "arm",
-        target_arch = "aarch64",
-        target_arch = "riscv64"
-    )) {
-        return format!("signal {sig}");
-    }
-    const NAMES: [&str; 32] = [
-        "",
-        "SIGHUP",
-        "SIGINT",
-        "SIGQUIT",
-        "SIGILL",
-        "SIGTRAP",
-        "SIGABRT",
-        "SIGBUS",
-        "SIGFPE",
-        "SIGKILL",
-        "SIGUSR1",
-        "SIGSEGV",
-        "SIGUSR2",
-        "SIGPIPE",
-        "SIGALRM",
-        "SIGTERM",
-        "SIGSTKFLT",
-        "SIGCHLD",
-        "SIGCONT",
-        "SIGSTOP",
-        "SIGTSTP",
-        "SIGTTIN",
-        "SIGTTOU",
-        "SIGURG",
-        "SIGXCPU",
-        "SIGXFSZ",
-        "SIGVTALRM",
-        "SIGPROF",
-        "SIGWINCH",
-        "SIGIO",
-        "SIGPWR",
-        "SIGSYS",
-    ];
-    match NAMES.get(sig as usize) {
-        Some(n) if sig > 0 => (*n).to_owned(),
-        _ => format!("signal {sig}"),
-    }
+    holden_proto::signal::name(sig)
 }

@@ -103,3 +103,12 @@ pub fn ignore_signal(signal: i32) -> io::Result<()> {
     cvt(unsafe { libc::sigaction(signal, &act, std::ptr::null_mut()) })?;
     Ok(())
 }
+
+/// Raises the soft limit on descriptors to the hard one (`RLIMIT_NOFILE`), as a server that
+/// holds many does. Returns the limits it started with when it raised them (for children, who
+/// should get those), `None` when there was nothing to raise or raising failed.
+pub fn raise_nofile() -> Option<(u64, u64)> {
+    let nofile = crate::process::rlimit_resource("nofile")?;
+    let (soft, hard) = getrlimit(nofile).ok()?;
+    (soft < hard && setrlimit(nofile, hard, hard).is_ok()).then_some((soft, hard))
+}
