@@ -7,12 +7,12 @@
 //! `events`, whose stream has no first reply of its own, first lists the services to learn
 //! that the orchestrator answers.
 
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use holden::varlink::{ConnError, Connection};
 use holden_orchestrator::config;
 use holden_orchestrator::control::{ControlError, ReloadReply, ServiceStatus, StateChange, INTERFACE};
 use serde_json::Value;
@@ -138,8 +138,7 @@ type Params = serde_json::Map<String, Value>;
 
 /// A blocking Varlink client for the control socket, with a deadline on every call.
 struct Client {
-    stream: UnixStream,
-    buf: Vec<u8>,
+    conn: Connection,
     path: PathBuf,
     timeout: Duration,
 }
@@ -162,11 +161,6 @@ impl Failure {
     }
 }
 
-/// Whether an I/O error is a socket timeout running out (`EAGAIN` from `SO_RCVTIMEO`).
-fn timed_out(e: &std::io::Error) -> bool {
-    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
-}
-
 impl Client {
     fn connect(a: &Args) -> Result<Client, Failure> {
         let from_config = match &a.config {
@@ -177,70 +171,39 @@ impl Client {
         Client::open(&path, a.timeout)
     }
 
-    /// Connects to `path` within `timeout`. A connection to a listener whose backlog is full
-    /// blocks, and std has no connect with a timeout for Unix sockets: the connect runs on a
-    /// thread of its own, left behind if it does not finish in time (the command then exits).
+    /// Connects to `path` within `timeout` (a listener whose backlog is full is retried until
+    /// then, never waited on for ever).
     fn open(path: &Path, timeout: Duration) -> Result<Client, Failure> {
-        let (tx, rx) = std::sync::mpsc::channel();
-        let target = path.to_path_buf();
-        std::thread::spawn(move || {
-            let _ = tx.send(UnixStream::connect(target));
-        });
-        let stream = match rx.recv_timeout(timeout) {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(Failure::Unreachable(format!("connect to orchestrator at {}: {e}", path.display())))
-            }
-            Err(_) => return Err(Failure::Timeout(path.into(), timeout)),
-        };
-        Ok(Client { stream, buf: Vec::new(), path: path.into(), timeout })
+        match Connection::connect(path, Instant::now() + timeout) {
+            Ok(conn) => Ok(Client { conn, path: path.into(), timeout }),
+            Err(ConnError::Timeout) => Err(Failure::Timeout(path.into(), timeout)),
+            Err(e) => Err(Failure::Unreachable(format!("connect to orchestrator at {}: {e}", path.display()))),
+        }
     }
 
-    /// The time left until `deadline`, or the timeout failure if none is.
-    fn left(&self, deadline: Instant) -> Result<Duration, Failure> {
-        Some(deadline.saturating_duration_since(Instant::now()))
-            .filter(|d| !d.is_zero())
-            .ok_or_else(|| Failure::Timeout(self.path.clone(), self.timeout))
+    fn failure(&self, e: ConnError, what: &str) -> Failure {
+        match e {
+            ConnError::Timeout => Failure::Timeout(self.path.clone(), self.timeout),
+            e => Failure::Broken(format!("{what}: {e}")),
+        }
     }
 
     /// Sends a call, done by `deadline`.
     fn send(&mut self, method: &str, params: Value, more: bool, deadline: Instant) -> Result<(), Failure> {
         let msg = holden_proto::encode_call(&format!("{INTERFACE}.{method}"), &params, more);
-        let left = self.left(deadline)?;
-        self.stream.set_write_timeout(Some(left)).map_err(|e| Failure::Broken(format!("send: {e}")))?;
-        self.stream.write_all(&msg).map_err(|e| {
-            if timed_out(&e) {
-                Failure::Timeout(self.path.clone(), self.timeout)
-            } else {
-                Failure::Broken(format!("send: {e}"))
-            }
-        })
+        self.conn.send(&msg, &[], Some(deadline)).map_err(|e| self.failure(e, "send"))
     }
 
     /// The next reply's parameters and whether more follow; `None` when the orchestrator
     /// closed the connection. Waits until `deadline`, or for ever with `None`.
     fn recv(&mut self, deadline: Option<Instant>) -> Result<Option<(Params, bool)>, Failure> {
-        loop {
-            if let Some(end) = self.buf.iter().position(|&b| b == 0) {
-                let msg: Vec<u8> = self.buf.drain(..=end).collect();
-                let r = holden_proto::parse_reply(&msg[..end]).map_err(|e| Failure::Broken(e.to_string()))?;
-                if let Some(name) = r.error {
-                    return Err(Failure::Refused(ControlError::from_wire(&name, &r.parameters)));
-                }
-                return Ok(Some((r.parameters, r.continues)));
-            }
-            let left = deadline.map(|d| self.left(d)).transpose()?;
-            self.stream.set_read_timeout(left).map_err(|e| Failure::Broken(format!("receive: {e}")))?;
-            let mut chunk = [0u8; 64 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Ok(None),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if deadline.is_some() && timed_out(&e) => {
-                    return Err(Failure::Timeout(self.path.clone(), self.timeout))
-                }
-                Err(e) => return Err(Failure::Broken(format!("receive: {e}"))),
-            }
+        match self.conn.recv(deadline) {
+            Ok((r, _)) => match r.error {
+                Some(name) => Err(Failure::Refused(ControlError::from_wire(&name, &r.parameters))),
+                None => Ok(Some((r.parameters, r.continues))),
+            },
+            Err(ConnError::Closed) => Ok(None),
+            Err(e) => Err(self.failure(e, "receive")),
         }
     }
 

@@ -8,7 +8,7 @@ use holden_proto::{self as proto, GetInfoReply, Reply, SpawnParams, SpawnReply};
 use holden_sys::socket;
 
 use crate::child::Child;
-use crate::conn::Conn;
+use crate::varlink::Connection as Conn;
 use crate::Error;
 
 /// The agent's socket when `HOLDEN_SOCKET_PATH` is not set.
@@ -85,7 +85,8 @@ impl Agent {
 
     fn conn(&mut self) -> Result<&mut Conn, Error> {
         if self.conn.is_none() {
-            self.conn = Some(Conn::connect(&self.path, self.timeout)?);
+            let deadline = Instant::now() + self.timeout;
+            self.conn = Some(Conn::connect(&self.path, deadline).map_err(|e| Error::from_conn(e, self.timeout))?);
         }
         Ok(self.conn.as_mut().expect("just connected"))
     }
@@ -101,8 +102,13 @@ impl Agent {
     ) -> Result<(Reply, Vec<OwnedFd>), Error> {
         let deadline = Instant::now() + self.timeout;
         let msg = proto::encode_call(method, params, more);
+        let timeout = self.timeout;
         let conn = self.conn()?;
-        let r = conn.send(&msg, fds).and_then(|()| conn.recv(Some(deadline)));
+        let r = conn
+            .send(&msg, fds, Some(deadline))
+            .and_then(|()| conn.recv(Some(deadline)))
+            .map_err(|e| Error::from_conn(e, timeout))
+            .and_then(|(reply, fds)| Ok((Error::check_reply(reply)?, fds)));
         if let Err(e) = &r {
             if !matches!(e, Error::Agent(_)) {
                 self.conn = None;

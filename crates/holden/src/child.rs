@@ -7,7 +7,7 @@ use holden_proto::SpawnReply;
 use holden_sys::event;
 use holden_sys::process::{self, Exit};
 
-use crate::conn::Conn;
+use crate::varlink::Connection as Conn;
 use crate::Error;
 
 /// How a process ended.
@@ -156,11 +156,12 @@ impl Child {
                 Err(e) => return Err(Error::Wait(e)),
             },
             Source::Agent { stream: Some(conn) } => {
-                if !block && !conn.has_input()? {
+                if !block && !conn.has_input().map_err(Error::Io)? {
                     return Ok(None);
                 }
                 let deadline = (!block).then(|| Instant::now() + Duration::from_secs(1));
-                match conn.recv(deadline) {
+                let got = conn.recv(deadline).map_err(|e| Error::from_conn(e, Duration::from_secs(1)));
+                match got.and_then(|(reply, fds)| Ok((Error::check_reply(reply)?, fds))) {
                     Ok((reply, _)) => {
                         let r: SpawnReply = serde_json::from_value(serde_json::Value::Object(reply.parameters))
                             .map_err(|e| Error::Protocol(format!("exit reply: {e}")))?;

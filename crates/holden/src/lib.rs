@@ -32,8 +32,8 @@
 mod agent;
 mod child;
 mod command;
-mod conn;
 mod pending;
+pub mod varlink;
 
 pub use agent::{Agent, DEFAULT_SOCKET};
 pub use child::{Child, ExitStatus};
@@ -100,6 +100,26 @@ pub enum Error {
 }
 
 impl Error {
+    /// A connection failure as a library error (`timeout` is the deadline that was given).
+    pub(crate) fn from_conn(e: varlink::ConnError, timeout: Duration) -> Error {
+        use varlink::ConnError as C;
+        match e {
+            C::Connect { path, source } => Error::Connect { path, source },
+            C::Timeout => Error::Timeout(timeout),
+            C::Closed => Error::Disconnected,
+            C::Io(e) => Error::Io(e),
+            C::Protocol(p) => Error::Protocol(p),
+        }
+    }
+
+    /// A reply as a result: an error reply becomes [`Error::Agent`].
+    pub(crate) fn check_reply(r: holden_proto::Reply) -> Result<holden_proto::Reply, Error> {
+        match &r.error {
+            Some(name) => Err(Error::Agent(AgentError::from_wire(name, &r.parameters))),
+            None => Ok(r),
+        }
+    }
+
     /// The errno of a failed exec, local (`Spawn` at stage `exec`) or remote (`ExecFailed`).
     pub fn exec_errno(&self) -> Option<i32> {
         match self {

@@ -9,7 +9,7 @@ use holden_proto::{self as proto, AgentError, SpawnReply};
 use holden_sys::socket;
 
 use crate::child::Child;
-use crate::conn::Conn;
+use crate::varlink::Connection as Conn;
 use crate::Error;
 
 /// What a [`PendingSpawn`] waits for.
