@@ -56,12 +56,8 @@ impl Policy {
         Some(User { uid: cred.uid, gid: cred.gid, groups: &cred.groups })
     }
 
-    fn may_spawn(&self, cred: &PeerCred) -> bool {
-        cred.uid == 0
-            || cred.uid == self.own_uid
-            || self.allow_uids.contains(&cred.uid)
-            || self.allow_gids.contains(&cred.gid)
-            || cred.groups.iter().any(|g| self.allow_gids.contains(g))
+    fn may_spawn(&self, c: &PeerCred) -> bool {
+        proto::peer_allowed(c.uid, c.gid, &c.groups, self.own_uid, &self.allow_uids, &self.allow_gids)
     }
 }
 

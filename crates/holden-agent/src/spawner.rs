@@ -189,3 +189,16 @@ impl Spawner {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The wire's rlimit names (holden-proto) and the kernel's numbers (holden-sys) are one
+    /// table seen from two crates that know nothing of each other: they must agree.
+    #[test]
+    fn every_rlimit_name_on_the_wire_has_a_number() {
+        for name in holden_proto::RLIMIT_NAMES {
+            assert!(holden_sys::process::rlimit_resource(name).is_some(), "{name}");
+        }
+        assert!(holden_sys::process::rlimit_resource("bogus").is_none());
+    }
+}

@@ -50,7 +50,7 @@ pub mod legacy;
 pub mod signal;
 mod spawn;
 
-pub use spawn::{ExitStatus, Features, GetInfoReply, Rlimit, SpawnParams, SpawnReply};
+pub use spawn::{ExitStatus, Features, GetInfoReply, Rlimit, SpawnParams, SpawnReply, RLIMIT_NAMES};
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -450,6 +450,14 @@ pub struct ServiceInfo {
     pub url: String,
     /// The interfaces it serves.
     pub interfaces: Vec<String>,
+}
+
+/// Whether a peer (its uid, gid and supplementary groups, as `SO_PEERCRED` and
+/// `SO_PEERGROUPS` give them) may call what needs privilege on a Holden server: root, the
+/// server's own uid, a uid in `uids`, or a member of a group in `gids`. The one access rule of
+/// the agent and the orchestrator.
+pub fn peer_allowed(uid: u32, gid: u32, groups: &[u32], own_uid: u32, uids: &[u32], gids: &[u32]) -> bool {
+    uid == 0 || uid == own_uid || uids.contains(&uid) || gids.contains(&gid) || groups.iter().any(|g| gids.contains(g))
 }
 
 /// Why an `org.varlink.service` call failed.

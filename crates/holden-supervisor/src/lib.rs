@@ -68,11 +68,7 @@ pub struct Access {
 impl Access {
     /// Whether the peer may.
     pub fn allows(&self, c: &PeerCred) -> bool {
-        c.uid == 0
-            || c.uid == holden_sys::fd::geteuid()
-            || self.uids.contains(&c.uid)
-            || self.gids.contains(&c.gid)
-            || c.groups.iter().any(|g| self.gids.contains(g))
+        holden_proto::peer_allowed(c.uid, c.gid, &c.groups, holden_sys::fd::geteuid(), &self.uids, &self.gids)
     }
 }
 
