@@ -8,7 +8,6 @@
 //! Every control character in a line (a newline in a client's argv, an escape sequence) is
 //! written escaped, so a client cannot forge log lines.
 
-use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
@@ -90,7 +89,7 @@ pub fn log(level: Level, args: std::fmt::Arguments<'_>) {
         lim.window = Some(now);
         lim.written = 0;
     }
-    if lim.written >= BURST || !holden_sys::event::writable_now(holden_sys::fd::stdio(2)) {
+    if lim.written >= BURST {
         lim.dropped += 1;
         return;
     }
@@ -107,10 +106,13 @@ pub fn log(level: Level, args: std::fmt::Arguments<'_>) {
         line.truncate(cut);
     }
     line.push('\n');
-    // One write; whatever happens (EPIPE, EAGAIN, a short write) is not the agent's problem.
-    let _ = std::io::stderr().write(line.as_bytes());
-    lim.written += 1;
-    lim.dropped = 0;
+    // One write, only if it cannot block; whatever else happens (EPIPE) is not the agent's problem.
+    if holden_sys::event::write_now(holden_sys::fd::stdio(2), line.as_bytes()) {
+        lim.written += 1;
+        lim.dropped = 0;
+    } else {
+        lim.dropped += 1;
+    }
 }
 
 #[cfg(test)]

@@ -160,11 +160,37 @@ pub struct Supervisor {
     pub(crate) child_nofile: Option<(u64, u64)>,
 }
 
-/// Prints one line on stdout. A stdout that fails (a closed pipe, a full disk) must not stop
-/// supervision, so errors are ignored, where `println!` would panic.
+/// Lines `say` could not write since the last one it could.
+static UNSAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Prints one line on stdout, only if that cannot block: a stdout nobody reads (a full pipe, a
+/// stalled journal) or that fails (a closed pipe, a full disk) must never stall or stop
+/// supervision. A line that cannot be written is dropped and counted; the next one written
+/// says how many were.
 pub(crate) fn say(line: &str) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stdout().lock(), "{} {line}", crate::text::timestamp(SystemTime::now()));
+    use std::sync::atomic::Ordering;
+    let now = crate::text::timestamp(SystemTime::now());
+    let unsaid = UNSAID.load(Ordering::Relaxed);
+    let mut text = String::new();
+    if unsaid > 0 {
+        text = format!("{now} ({unsaid} lines not written: stdout was full)\n");
+    }
+    text += &format!("{now} {line}");
+    // One write of at most PIPE_BUF bytes: a longer line is cut, and still ends the line.
+    if text.len() > 4095 {
+        let mut cut = 4092;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text += "...";
+    }
+    text.push('\n');
+    if holden_sys::event::write_now(holden_sys::fd::stdio(1), text.as_bytes()) {
+        UNSAID.store(0, Ordering::Relaxed);
+    } else {
+        UNSAID.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Creates `dir` if needed and gives it exactly `mode`, whatever the umask.

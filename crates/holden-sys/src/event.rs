@@ -165,6 +165,21 @@ pub fn writable_now(fd: BorrowedFd<'_>) -> bool {
     n > 0 && p.revents & (libc::POLLOUT | libc::POLLERR | libc::POLLHUP) != 0 && p.revents & libc::POLLNVAL == 0
 }
 
+/// Writes `data` (at most `PIPE_BUF`, 4096 bytes, is written) to `fd` only if that cannot block
+/// ([`writable_now`]), in one `write(2)`. Returns whether it was written; a full pipe, a peer
+/// that is gone, a closed descriptor or a short write are all just `false`. For logging that
+/// must never stall or kill the logger.
+/// Man page: <https://man7.org/linux/man-pages/man2/write.2.html>.
+pub fn write_now(fd: BorrowedFd<'_>, data: &[u8]) -> bool {
+    let data = &data[..data.len().min(libc::PIPE_BUF)];
+    if !writable_now(fd) {
+        return false;
+    }
+    // SAFETY: `data` is a live buffer of `data.len()` bytes; `fd` is borrowed for the call.
+    let n = unsafe { libc::write(fd.as_raw_fd(), data.as_ptr() as *const libc::c_void, data.len()) };
+    n == data.len() as isize
+}
+
 /// Waits, without blocking the tokio runtime, until `fd` is readable (for a pidfd: the process
 /// has exited). Registers the descriptor with the current runtime's reactor for the wait.
 #[cfg(feature = "tokio")]
