@@ -232,14 +232,27 @@ impl Server {
                 {
                     // Out of descriptors: free the spare one to accept this client and tell it
                     // so, instead of leaving it waiting in the backlog.
+                    // (accept reserves a descriptor before it looks at the queue, so EMFILE
+                    // comes whether or not a client waits: only a client accepted here means
+                    // another may wait.)
                     self.spare = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
-                        let limit = self.conns.len() as u32;
-                        log::log(Level::Warn, format_args!("out of descriptors with {limit} clients: refusing one"));
-                        let msg = proto::encode_error(&AgentError::TooManyClients { limit });
-                        let _ = socket::send_with_fds(stream.as_fd(), &msg, &[]);
-                    }
+                    let refused = match self.listener.accept() {
+                        Ok((stream, _)) => {
+                            let limit = self.conns.len() as u32;
+                            log::log(
+                                Level::Warn,
+                                format_args!("out of descriptors with {limit} clients: refusing one"),
+                            );
+                            let msg = proto::encode_error(&AgentError::TooManyClients { limit });
+                            let _ = socket::send_with_fds(stream.as_fd(), &msg, &[]);
+                            true
+                        }
+                        Err(_) => false,
+                    };
                     self.spare = std::fs::File::open("/dev/null").ok();
+                    if !refused {
+                        return;
+                    }
                     continue;
                 }
                 Err(e) => {
@@ -336,7 +349,7 @@ impl Server {
     }
 
     fn handle_conn(&mut self, id: u64, events: u32) {
-        let shared_left = if self.conns.get(&id).is_some_and(|c| c.inbuf.len() >= OWN_INPUT) {
+        let shared_left = if self.conns.get(&id).is_some_and(|c| c.inbuf.len() + READ_CHUNK > OWN_INPUT) {
             let used: usize = self.conns.values().map(|c| c.inbuf.len().saturating_sub(OWN_INPUT)).sum();
             SHARED_INPUT.saturating_sub(used)
         } else {
@@ -379,8 +392,8 @@ impl Server {
         if !done_reading && !pending_msg && c.out.is_empty() && c.inbuf.len() <= proto::MAX_MESSAGE {
             interest |= READABLE | READ_CLOSED;
         }
-        if c.inbuf.is_empty() && c.inbuf.capacity() > OWN_INPUT {
-            c.inbuf = Vec::new();
+        if c.inbuf.capacity() > 2 * OWN_INPUT && c.inbuf.len() <= OWN_INPUT {
+            c.inbuf.shrink_to(OWN_INPUT);
         }
         if !c.out.is_empty() {
             interest |= WRITABLE;
@@ -434,7 +447,6 @@ impl Server {
             if c.proto == Proto::Unknown {
                 // A v0.2 message starts with its type, 1 to 12, as a host-endian u32; anything
                 // else is Varlink (or garbage, which the Varlink parser answers).
-                let legacy_type = |b: u8| if cfg!(target_endian = "little") { (1..=12).contains(&b) } else { b == 0 };
                 match c.inbuf.first() {
                     None => return Ok(()),
                     Some(&b) if legacy_type(b) => c.proto = Proto::Legacy,
@@ -621,7 +633,12 @@ fn exit_status(exit: Exit) -> proto::ExitStatus {
 
 /// Whether a whole message waits in `inbuf` (so the client is waiting on us, not we on it).
 fn has_whole_message(c: &Conn) -> bool {
-    match c.proto {
+    let proto = match (c.proto, c.inbuf.first()) {
+        (Proto::Unknown, Some(&b)) if legacy_type(b) => Proto::Legacy,
+        (Proto::Unknown, Some(_)) => Proto::Varlink,
+        (p, _) => p,
+    };
+    match proto {
         Proto::Varlink => proto::message_end(&c.inbuf).is_some(),
         Proto::Legacy if c.inbuf.len() >= legacy::HEADER => {
             let header: [u8; legacy::HEADER] = c.inbuf[..legacy::HEADER].try_into().expect("header size");
@@ -629,6 +646,16 @@ fn has_whole_message(c: &Conn) -> bool {
             c.inbuf.len() >= legacy::HEADER + len as usize
         }
         _ => false,
+    }
+}
+
+/// Whether a connection's first byte starts a v0.2 message: its type, 1 to 12, as a host-endian
+/// u32; anything else is Varlink (or garbage, which the Varlink parser answers).
+fn legacy_type(b: u8) -> bool {
+    if cfg!(target_endian = "little") {
+        (1..=12).contains(&b)
+    } else {
+        b == 0
     }
 }
 
@@ -667,16 +694,13 @@ fn take_fds(c: &mut Conn, consumed: usize) -> Vec<OwnedFd> {
 /// Reads what is available (bounded, for fairness), noting where descriptors arrived. Stops
 /// once a whole message is buffered, and beyond [`OWN_INPUT`] reads only what `shared_left`
 /// allows.
-fn read_some(c: &mut Conn, scratch: &mut [u8], shared_left: usize) {
+fn read_some(c: &mut Conn, scratch: &mut [u8], mut shared_left: usize) {
     for _ in 0..4 {
         if c.eof || c.close_after_flush || c.inbuf.len() > proto::MAX_MESSAGE || has_whole_message(c) {
             return;
         }
-        let room = if c.inbuf.len() < OWN_INPUT {
-            scratch.len()
-        } else {
-            scratch.len().min(shared_left.saturating_sub(c.inbuf.len() - OWN_INPUT))
-        };
+        // Up to OWN_INPUT freely; beyond, only what is left of the shared pool.
+        let room = scratch.len().min(OWN_INPUT.saturating_sub(c.inbuf.len()) + shared_left);
         if room == 0 {
             // Over the shared bound: the rest waits in the socket (its deadline runs).
             return;
@@ -723,6 +747,7 @@ fn read_some(c: &mut Conn, scratch: &mut [u8], shared_left: usize) {
         }
         let old = c.inbuf.len();
         c.inbuf.extend_from_slice(&scratch[..got.len]);
+        shared_left -= c.inbuf.len().saturating_sub(OWN_INPUT.max(old)).min(shared_left);
         if !fds.is_empty() {
             // The kernel ends a read at the message that carried descriptors, and a sender
             // attaches them to its message's first byte: they belong to the last message that
