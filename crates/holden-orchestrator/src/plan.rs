@@ -48,11 +48,23 @@ pub struct Down {
     pub settled: bool,
 }
 
+/// Each service's dependents (the services that depend on it), from what each depends on.
+pub fn dependents<'a>(services: impl IntoIterator<Item = (&'a String, &'a [String])>) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, deps) in services {
+        for d in deps {
+            out.entry(d.clone()).or_default().push(name.clone());
+        }
+    }
+    out
+}
+
 /// The services a shutdown stops now: in reverse start order, each not yet asked whose
-/// dependents have all settled. `deps(name)` lists what a service depends on.
-pub fn shutdown_next<'a>(
-    order: &'a [String],
-    deps: impl Fn(&str) -> &'a [String],
+/// dependents have all settled. `dependents` is [`dependents`]'s map. Linear in the services
+/// and their dependencies.
+pub fn shutdown_next(
+    order: &[String],
+    dependents: &BTreeMap<String, Vec<String>>,
     down: impl Fn(&str) -> Option<Down>,
 ) -> Vec<String> {
     let mut out = Vec::new();
@@ -61,10 +73,8 @@ pub fn shutdown_next<'a>(
         if d.asked {
             continue;
         }
-        let dependents_settled = order
-            .iter()
-            .filter(|other| deps(other).contains(name))
-            .all(|other| !matches!(down(other), Some(o) if !o.settled));
+        let dependents_settled =
+            dependents.get(name).into_iter().flatten().all(|other| !matches!(down(other), Some(o) if !o.settled));
         if dependents_settled {
             out.push(name.clone());
         }
@@ -85,7 +95,9 @@ mod tests {
             ("web".to_string(), vec!["db".to_string(), "cache".to_string()]),
         ]
         .into();
-        let deps = |n: &str| deps_table[n].as_slice();
+        let map = dependents(deps_table.iter().map(|(n, d)| (n, d.as_slice())));
+        assert_eq!(map["db"], ["web"]);
+        let deps = &map;
         let fresh = Down { asked: false, settled: false };
         assert_eq!(shutdown_next(&order, deps, |_| Some(fresh)), ["web"]);
         let web_stopping = |n: &str| Some(if n == "web" { Down { asked: true, settled: false } } else { fresh });

@@ -19,7 +19,7 @@ use holden_sys::event::{READABLE, WRITABLE};
 
 use crate::exits::Proc;
 use crate::state::{self, TAG_VAR};
-use crate::supervisor::{say, Supervisor, Target, SPAWN_BUDGET};
+use crate::supervisor::{say, Supervisor, Target, SPAWN_BUDGET, SPAWN_TIME};
 
 /// How long a spawn through an agent may take before the agent counts as unreachable.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -58,6 +58,7 @@ impl Supervisor {
     /// Starts queued spawns, at most [`SPAWN_BUDGET`] per iteration.
     pub(crate) fn run_spawns(&mut self) {
         let mut budget = SPAWN_BUDGET;
+        let until = std::time::Instant::now() + SPAWN_TIME;
         // What this iteration takes on; spawns queued meanwhile wait for the next one.
         let mut queue = std::mem::take(&mut self.spawn_queue);
         while let Some(name) = queue.pop_front() {
@@ -68,7 +69,7 @@ impl Supervisor {
                 self.feed(&name, Event::SpawnFailed { error, transient: false });
                 continue;
             }
-            if budget == 0 {
+            if budget == 0 || std::time::Instant::now() >= until {
                 queue.push_front(name);
                 queue.append(&mut self.spawn_queue);
                 self.spawn_queue = queue;

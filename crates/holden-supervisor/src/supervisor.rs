@@ -33,6 +33,8 @@ pub(crate) const HOLDER: u64 = 2;
 
 /// The most spawns started in one iteration; the rest wait for the next (which does not wait).
 pub const SPAWN_BUDGET: usize = 32;
+/// The longest an iteration spends starting spawns (at least one is started).
+pub const SPAWN_TIME: Duration = Duration::from_millis(10);
 
 /// One supervised service.
 pub(crate) struct Svc {
@@ -603,19 +605,16 @@ impl Supervisor {
             return;
         }
         self.in_shutdown_pass = true;
+        let dependents = plan::dependents(self.services.iter().map(|(n, s)| (n, s.cfg.depends_on.as_slice())));
         for _ in 0..=self.services.len() {
             let order = self.order.clone();
             let services = &self.services;
-            let next = plan::shutdown_next(
-                &order,
-                |n| services.get(n).map(|s| s.cfg.depends_on.as_slice()).unwrap_or(&[]),
-                |n| {
-                    services.get(n).map(|s| plan::Down {
-                        asked: s.m.wanted == Wanted::Down && matches!(s.m.state, State::Stopping | State::Stopped),
-                        settled: s.idle() && s.m.wanted == Wanted::Down,
-                    })
-                },
-            );
+            let next = plan::shutdown_next(&order, &dependents, |n| {
+                services.get(n).map(|s| plan::Down {
+                    asked: s.m.wanted == Wanted::Down && matches!(s.m.state, State::Stopping | State::Stopped),
+                    settled: s.idle() && s.m.wanted == Wanted::Down,
+                })
+            });
             if next.is_empty() {
                 break;
             }
