@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 mod args;
+mod conn;
 pub mod listen;
 mod log;
 mod server;

@@ -22,6 +22,7 @@
 mod adopt;
 mod conn;
 pub mod control;
+mod drive;
 mod exits;
 pub mod holder;
 pub mod logs;

@@ -11,15 +11,13 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use holden_orchestrator::config::{self, Config, KillMode, Output};
-use holden_orchestrator::control::StateChange;
-use holden_orchestrator::machine::{self, Action, Event, Policy, State, Wanted};
-use holden_orchestrator::plan;
+use holden_orchestrator::config::{self, Config, Output};
+use holden_orchestrator::machine::{self, Event, Policy, State};
 use holden_sys::event::{Epoll, SignalFd, READABLE, WRITABLE};
 use holden_sys::process;
 
-use crate::conn::{Conn, Follow};
-use crate::exits::{exit_text, Proc};
+use crate::conn::Conn;
+use crate::exits::Proc;
 use crate::holder::Holder;
 use crate::logs::{LogFile, Pipe};
 use crate::notify::Notifier;
@@ -80,7 +78,7 @@ impl Svc {
         }
     }
 
-    fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         Policy {
             restart: self.cfg.restart,
             backoff: self.cfg.backoff,
@@ -157,7 +155,7 @@ pub struct Supervisor {
     pub(crate) notify: Notifier,
     next_watchdog: Option<Instant>,
     pub(crate) shutting_down: bool,
-    in_shutdown_pass: bool,
+    pub(crate) in_shutdown_pass: bool,
     /// The descriptor limit local services get (the one this process started with).
     pub(crate) child_nofile: Option<(u64, u64)>,
 }
@@ -413,7 +411,7 @@ impl Supervisor {
     }
 
     /// The one-line summary used for systemd's STATUS=.
-    fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         let count = |s: State| self.services.values().filter(|v| v.m.state == s).count();
         format!(
             "{} services: {} running, {} backing off, {} failed",
@@ -520,125 +518,6 @@ impl Supervisor {
             if at <= now {
                 self.notify.send("WATCHDOG=1");
                 self.next_watchdog = Some(now + every);
-            }
-        }
-    }
-
-    // ---- the state machine -----------------------------------------------------------------
-
-    /// Feeds one event to a service's state machine and carries out the actions. A spawn is
-    /// queued, never started here.
-    pub(crate) fn feed(&mut self, name: &str, event: Event) {
-        let Some(svc) = self.services.get_mut(name) else { return };
-        let before = (svc.m.state, svc.m.pid);
-        let (m, actions) = machine::next(&svc.policy(), &svc.m, event, Instant::now());
-        svc.m = m;
-        let after = (svc.m.state, svc.m.pid);
-        for a in actions {
-            match a {
-                Action::Spawn => self.spawn_queue.push_back(name.into()),
-                Action::Signal(sig) => self.signal(name, sig),
-                // The deadline is in the machine's state; the loop's timeout follows it.
-                Action::ArmTimer(_) => {}
-            }
-        }
-        if before != after {
-            self.changed(name);
-        }
-    }
-
-    /// After a state change: tell, record, and finish reloads and shutdown.
-    fn changed(&mut self, name: &str) {
-        let Some(svc) = self.services.get(name) else { return };
-        let change = StateChange {
-            time: crate::text::timestamp(SystemTime::now()),
-            service: name.into(),
-            state: svc.m.state.name().into(),
-            pid: svc.m.pid,
-            last_exit: svc.m.last_exit.map(exit_text),
-            last_error: svc.m.last_error.clone(),
-        };
-        let mut line = format!("{name}: {}", change.state);
-        if let Some(pid) = change.pid {
-            line += &format!(" pid {pid}");
-        }
-        match (svc.m.state, &change.last_exit, &change.last_error) {
-            (State::Starting, ..) => {}
-            (_, _, Some(err)) if svc.m.state != State::Running => line += &format!(" ({err})"),
-            (State::Running, ..) => {}
-            (_, Some(exit), _) => line += &format!(" (last exit: {exit})"),
-            _ => {}
-        }
-        say(&line);
-        self.broadcast(
-            |f| *f == Follow::Events,
-            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
-        );
-        if self.notify.active() {
-            self.notify.send(&format!("STATUS={}", self.summary()));
-        }
-        self.state_dirty = true;
-        let svc = &self.services[name];
-        if svc.idle() {
-            if svc.removing {
-                self.services.remove(name);
-                self.order.retain(|n| n != name);
-            } else if svc.replacement.is_some() {
-                let svc = self.services.get_mut(name).expect("present");
-                let (cfg, start) = svc.replacement.take().expect("checked");
-                svc.cfg = cfg;
-                if start && !self.shutting_down {
-                    self.feed(name, Event::Start);
-                }
-            }
-        }
-        if self.shutting_down {
-            self.advance_shutdown();
-        }
-    }
-
-    /// Stops, in reverse dependency order, every service whose dependents are all down
-    /// (`plan::shutdown_next`). One pass at a time: the state changes it causes call back
-    /// here and must not start a nested pass each.
-    fn advance_shutdown(&mut self) {
-        if self.in_shutdown_pass {
-            return;
-        }
-        self.in_shutdown_pass = true;
-        let dependents = plan::dependents(self.services.iter().map(|(n, s)| (n, s.cfg.depends_on.as_slice())));
-        for _ in 0..=self.services.len() {
-            let order = self.order.clone();
-            let services = &self.services;
-            let next = plan::shutdown_next(&order, &dependents, |n| {
-                services.get(n).map(|s| plan::Down {
-                    asked: s.m.wanted == Wanted::Down && matches!(s.m.state, State::Stopping | State::Stopped),
-                    settled: s.idle() && s.m.wanted == Wanted::Down,
-                })
-            });
-            if next.is_empty() {
-                break;
-            }
-            for name in next {
-                self.feed(&name, Event::Stop);
-            }
-        }
-        self.in_shutdown_pass = false;
-    }
-
-    // ---- actions out -----------------------------------------------------------------------
-
-    pub(crate) fn signal(&mut self, name: &str, sig: i32) {
-        let Some(svc) = self.services.get(name) else { return };
-        let Some(proc) = &svc.proc else { return };
-        let r = match (svc.cfg.kill_mode, svc.m.pid) {
-            (_, Some(pid)) if self.protected.contains(&pid) => return,
-            (KillMode::Group, Some(pid)) => process::pidfd_send_signal_group(proc.pidfd(), pid, sig),
-            _ => process::pidfd_send_signal(proc.pidfd(), sig),
-        };
-        // ESRCH: it has just ended; its pidfd will say so.
-        if let Err(e) = r {
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                say(&format!("{name}: signal {}: {e}", crate::text::signal_name(sig)));
             }
         }
     }

@@ -1,0 +1,136 @@
+//! Driving the state machine: events fed to `machine::next`, its actions carried out, and what
+//! a state change sets off (an event for followers, a line on stdout, the state file marked
+//! for writing, the end of a reload's replacement, the next step of a shutdown).
+
+use std::time::{Instant, SystemTime};
+
+use holden_orchestrator::config::KillMode;
+use holden_orchestrator::control::StateChange;
+use holden_orchestrator::machine::{self, Action, Event, State, Wanted};
+use holden_orchestrator::plan;
+use holden_sys::process;
+
+use crate::conn::Follow;
+use crate::exits::exit_text;
+use crate::supervisor::{say, Supervisor};
+
+impl Supervisor {
+    // ---- the state machine -----------------------------------------------------------------
+
+    /// Feeds one event to a service's state machine and carries out the actions. A spawn is
+    /// queued, never started here.
+    pub(crate) fn feed(&mut self, name: &str, event: Event) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let before = (svc.m.state, svc.m.pid);
+        let (m, actions) = machine::next(&svc.policy(), &svc.m, event, Instant::now());
+        svc.m = m;
+        let after = (svc.m.state, svc.m.pid);
+        for a in actions {
+            match a {
+                Action::Spawn => self.spawn_queue.push_back(name.into()),
+                Action::Signal(sig) => self.signal(name, sig),
+                // The deadline is in the machine's state; the loop's timeout follows it.
+                Action::ArmTimer(_) => {}
+            }
+        }
+        if before != after {
+            self.changed(name);
+        }
+    }
+
+    /// After a state change: tell, record, and finish reloads and shutdown.
+    pub(crate) fn changed(&mut self, name: &str) {
+        let Some(svc) = self.services.get(name) else { return };
+        let change = StateChange {
+            time: crate::text::timestamp(SystemTime::now()),
+            service: name.into(),
+            state: svc.m.state.name().into(),
+            pid: svc.m.pid,
+            last_exit: svc.m.last_exit.map(exit_text),
+            last_error: svc.m.last_error.clone(),
+        };
+        let mut line = format!("{name}: {}", change.state);
+        if let Some(pid) = change.pid {
+            line += &format!(" pid {pid}");
+        }
+        match (svc.m.state, &change.last_exit, &change.last_error) {
+            (State::Starting, ..) => {}
+            (_, _, Some(err)) if svc.m.state != State::Running => line += &format!(" ({err})"),
+            (State::Running, ..) => {}
+            (_, Some(exit), _) => line += &format!(" (last exit: {exit})"),
+            _ => {}
+        }
+        say(&line);
+        self.broadcast(
+            |f| *f == Follow::Events,
+            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
+        );
+        if self.notify.active() {
+            self.notify.send(&format!("STATUS={}", self.summary()));
+        }
+        self.state_dirty = true;
+        let svc = &self.services[name];
+        if svc.idle() {
+            if svc.removing {
+                self.services.remove(name);
+                self.order.retain(|n| n != name);
+            } else if svc.replacement.is_some() {
+                let svc = self.services.get_mut(name).expect("present");
+                let (cfg, start) = svc.replacement.take().expect("checked");
+                svc.cfg = cfg;
+                if start && !self.shutting_down {
+                    self.feed(name, Event::Start);
+                }
+            }
+        }
+        if self.shutting_down {
+            self.advance_shutdown();
+        }
+    }
+
+    /// Stops, in reverse dependency order, every service whose dependents are all down
+    /// (`plan::shutdown_next`). One pass at a time: the state changes it causes call back
+    /// here and must not start a nested pass each.
+    pub(crate) fn advance_shutdown(&mut self) {
+        if self.in_shutdown_pass {
+            return;
+        }
+        self.in_shutdown_pass = true;
+        let dependents = plan::dependents(self.services.iter().map(|(n, s)| (n, s.cfg.depends_on.as_slice())));
+        for _ in 0..=self.services.len() {
+            let order = self.order.clone();
+            let services = &self.services;
+            let next = plan::shutdown_next(&order, &dependents, |n| {
+                services.get(n).map(|s| plan::Down {
+                    asked: s.m.wanted == Wanted::Down && matches!(s.m.state, State::Stopping | State::Stopped),
+                    settled: s.idle() && s.m.wanted == Wanted::Down,
+                })
+            });
+            if next.is_empty() {
+                break;
+            }
+            for name in next {
+                self.feed(&name, Event::Stop);
+            }
+        }
+        self.in_shutdown_pass = false;
+    }
+
+    // ---- actions out -----------------------------------------------------------------------
+
+    pub(crate) fn signal(&mut self, name: &str, sig: i32) {
+        let Some(svc) = self.services.get(name) else { return };
+        let Some(proc) = &svc.proc else { return };
+        let r = match (svc.cfg.kill_mode, svc.m.pid) {
+            (_, Some(pid)) if self.protected.contains(&pid) => return,
+            (KillMode::Group, Some(pid)) => process::pidfd_send_signal_group(proc.pidfd(), pid, sig),
+            _ => process::pidfd_send_signal(proc.pidfd(), sig),
+        };
+        // ESRCH: it has just ended; its pidfd will say so.
+        if let Err(e) = r {
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                say(&format!("{name}: signal {}: {e}", crate::text::signal_name(sig)));
+            }
+        }
+    }
+}
