@@ -320,6 +320,14 @@ kill_mode = "group"
     let out = Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("another orchestrator is already listening"), "{}", stderr(&out));
+    // So does one on another socket but the same state directory: two would adopt and sweep
+    // each other's processes.
+    let other = dir.path("other.sock");
+    let out =
+        Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).arg("--control-socket").arg(&other).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("uses the state directory"), "{}", stderr(&out));
+    assert!(!other.exists(), "the refused orchestrator left its socket behind");
     up.stop(&dir, &[]);
 }
 

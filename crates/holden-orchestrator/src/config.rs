@@ -25,6 +25,11 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The longest service name (it names files and keys; 128 is plenty).
+pub const MAX_NAME: usize = 128;
+/// The largest backoff factor (a delay grows past any sensible maximum in a few steps anyway).
+pub const MAX_FACTOR: f64 = 100.0;
+
 /// A configuration error, located in its file.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}:{line}:{column}: {message}", file.display())]
@@ -280,6 +285,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 format!("service name {n:?} may hold only letters, digits, '-', '_', '.' and '@'"),
             ));
         }
+        if n.len() > MAX_NAME {
+            return Err(at(name.span(), format!("service name {n:?} is longer than {MAX_NAME} characters")));
+        }
         if s.command.get_ref().first().is_none_or(String::is_empty) {
             return Err(at(s.command.span(), format!("service {n}: the command is empty")));
         }
@@ -316,8 +324,8 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             Some(b) => {
                 let factor = match &b.factor {
                     None => 2.0,
-                    Some(f) if *f.get_ref() >= 1.0 && f.get_ref().is_finite() => *f.get_ref(),
-                    Some(f) => return Err(at(f.span(), "backoff factor must be at least 1.0".into())),
+                    Some(f) if (1.0..=MAX_FACTOR).contains(f.get_ref()) => *f.get_ref(),
+                    Some(f) => return Err(at(f.span(), format!("backoff factor must be from 1.0 to {MAX_FACTOR}"))),
                 };
                 Backoff {
                     initial: dur(&b.initial, Duration::from_millis(100))?,

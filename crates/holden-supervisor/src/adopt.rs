@@ -10,7 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::OpenOptions;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,8 @@ use crate::supervisor::{say, Supervisor, Svc};
 
 /// How long strays get between SIGTERM and SIGKILL.
 const STRAY_GRACE: Duration = Duration::from_secs(2);
+/// How long a sweep may take at all.
+const SWEEP_LIMIT: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     /// Takes over what the predecessor recorded, restores intents, and sweeps strays.
@@ -42,14 +44,19 @@ impl Supervisor {
                 continue;
             };
             if !self.services.contains_key(&entry.service) {
-                say(&format!(
-                    "{}: pid {} from the last run is no longer configured; sending SIGTERM",
-                    entry.service, entry.pid
-                ));
-                let _ = process::pidfd_send_signal(&pidfd, libc::SIGTERM);
-                let _ = process::pidfd_send_signal(&pidfd, libc::SIGCONT);
-                if let Some(t) = &entry.tag {
-                    adopted_tags.insert(t.clone());
+                if entry.tag.is_some() {
+                    // The sweep below ends it, and whatever carries its tag (TERM, then KILL).
+                    say(&format!(
+                        "{}: pid {} from the last run is no longer configured; ending it",
+                        entry.service, entry.pid
+                    ));
+                } else {
+                    say(&format!(
+                        "{}: pid {} from the last run is no longer configured; sending SIGTERM",
+                        entry.service, entry.pid
+                    ));
+                    let _ = process::pidfd_send_signal(&pidfd, libc::SIGTERM);
+                    let _ = process::pidfd_send_signal(&pidfd, libc::SIGCONT);
                 }
                 continue;
             }
@@ -83,7 +90,12 @@ impl Supervisor {
             }
             if captured && !reattached {
                 for (fd, which) in reattach_pipes(entry.pid) {
-                    self.watch_pipe(&name, which, fd, None);
+                    // The holder keeps this one too from now on.
+                    let key = entry.tag.as_ref().map(|t| format!("{name}/{which}/{t}"));
+                    if let (Some(h), Some(k)) = (&mut self.holder, &key) {
+                        h.store(k, fd.as_fd());
+                    }
+                    self.watch_pipe(&name, which, fd, key);
                 }
             }
             say(&format!("{name}: adopting pid {} from the last run", entry.pid));
@@ -115,6 +127,12 @@ impl Supervisor {
         for (name, intent) in intents {
             let Some(svc) = self.services.get_mut(name) else { continue };
             if svc.proc.is_some() {
+                // Adopted while it was being stopped by hand: the stop goes on.
+                if *intent == Intent::Stopped {
+                    svc.stopped_by_hand = true;
+                    say(&format!("{name}: was being stopped by hand in the last run; stopping it"));
+                    self.feed(name, Event::Stop);
+                }
                 continue;
             }
             svc.m.wanted = Wanted::Down;
@@ -131,36 +149,26 @@ impl Supervisor {
         }
     }
 
-    /// Processes carrying a tag of one of `runs` (and not of a process to keep), minus the
-    /// protected ones.
-    fn tagged(&self, runs: &[String], keep: &HashSet<String>) -> Vec<i32> {
-        procfs::all_pids()
-            .filter(|pid| !self.protected.contains(pid))
-            .filter(|&pid| {
-                procfs::env_value(pid, TAG_VAR).is_some_and(|tag| {
-                    let run = tag.split('.').next().unwrap_or("");
-                    runs.iter().any(|r| r == run) && !keep.contains(&tag)
-                })
-            })
-            .filter(|&pid| procfs::is_running(pid))
-            .collect()
+    /// Whether `pid` carries a tag of one of `runs` (and not of a process to keep).
+    fn tagged(pid: i32, runs: &[String], keep: &HashSet<String>) -> bool {
+        procfs::env_value(pid, TAG_VAR).is_some_and(|tag| {
+            let run = tag.split('.').next().unwrap_or("");
+            runs.iter().any(|r| r == run) && !keep.contains(&tag)
+        })
     }
 
-    /// Ends processes of earlier runs that belong to nothing adopted.
+    /// Ends processes of earlier runs that belong to nothing adopted; then only the runs of
+    /// adopted processes need remembering.
     fn sweep_strays(&mut self, adopted: &HashSet<String>) {
         if self.runs.is_empty() {
             return;
         }
-        let strays = self.tagged(&self.runs.clone(), adopted);
-        if strays.is_empty() {
-            return;
-        }
-        say(&format!(
-            "ending {} processes of the last run that belong to no adopted service: {strays:?}",
-            strays.len()
-        ));
         let runs = self.runs.clone();
-        self.end_processes(|s| s.tagged(&runs, adopted));
+        if self.end_processes("processes of the last run that belong to no adopted service", |pid| {
+            Supervisor::tagged(pid, &runs, adopted)
+        }) {
+            self.runs.retain(|r| adopted.iter().any(|t| t.split('.').next() == Some(r.as_str())));
+        }
     }
 
     /// At shutdown: whatever services left behind (re-parented to this subreaper, or tagged
@@ -170,35 +178,43 @@ impl Supervisor {
         runs.push(self.run_id.clone());
         let me = std::process::id() as i32;
         let none = HashSet::new();
-        let find = |s: &Supervisor| {
-            let mut left = procfs::children_of(me);
-            left.extend(s.tagged(&runs, &none));
-            left.sort_unstable();
-            left.dedup();
-            left.retain(|p| !s.protected.contains(p));
-            left
-        };
-        let left = find(self);
-        if !left.is_empty() {
-            say(&format!("ending {} processes that services left behind: {left:?}", left.len()));
-        }
-        self.end_processes(find);
+        self.end_processes("processes that services left behind", |pid| {
+            procfs::parent_of(pid) == Some(me) || Supervisor::tagged(pid, &runs, &none)
+        });
     }
 
-    /// SIGTERM + SIGCONT to what `find` lists, SIGKILL after [`STRAY_GRACE`], until it lists
-    /// nothing. Only at start-up and shutdown, outside the loop.
-    fn end_processes(&mut self, find: impl Fn(&Supervisor) -> Vec<i32>) {
-        let deadline = Instant::now() + STRAY_GRACE;
+    /// SIGTERM + SIGCONT to every running process `is_target` accepts (never a protected one),
+    /// SIGKILL after [`STRAY_GRACE`], until none is left or [`SWEEP_LIMIT`] passes (a process
+    /// stuck in the kernel cannot be ended: it is reported, and the caller goes on). Each
+    /// process is checked again after its pidfd is opened, so a pid reused meanwhile is never
+    /// signalled. Only at start-up and shutdown, outside the loop. Returns whether none is left.
+    fn end_processes(&mut self, what: &str, is_target: impl Fn(i32) -> bool) -> bool {
+        let start = Instant::now();
         let mut signalled = HashSet::new();
+        let mut said = false;
         loop {
             while let Ok(Some(_)) = process::reap_any() {}
-            let left = find(self);
+            let left: Vec<i32> = procfs::all_pids()
+                .filter(|pid| !self.protected.contains(pid) && procfs::is_running(*pid) && is_target(*pid))
+                .collect();
             if left.is_empty() {
-                return;
+                return true;
             }
-            let late = Instant::now() >= deadline;
+            if !said {
+                say(&format!("ending {} {what}: {left:?}", left.len()));
+                said = true;
+            }
+            if start.elapsed() >= SWEEP_LIMIT {
+                say(&format!("could not end {left:?} within {SWEEP_LIMIT:?}; going on"));
+                return false;
+            }
+            let late = start.elapsed() >= STRAY_GRACE;
             for pid in left {
                 let Ok(fd) = process::pidfd_open(pid) else { continue };
+                // The pidfd now pins this process: check it is still the one meant.
+                if !is_target(pid) {
+                    continue;
+                }
                 if late {
                     let _ = process::pidfd_send_signal(&fd, libc::SIGKILL);
                 } else if signalled.insert(pid) {

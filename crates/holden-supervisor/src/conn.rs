@@ -30,42 +30,57 @@ pub struct Conn {
     pub closing: bool,
 }
 
-/// What reading found.
-pub enum Input {
-    /// Complete messages (NUL removed), possibly none yet.
-    Messages(Vec<Vec<u8>>),
-    /// The peer hung up or broke the framing; the connection is done.
-    Closed,
+/// What reading found: the complete messages (NUL removed), possibly none, and whether the
+/// peer is done sending (it hung up, or broke the framing). Messages read before the end are
+/// still answered.
+pub struct Input {
+    /// Complete messages, at most [`CALLS_PER_READ`].
+    pub messages: Vec<Vec<u8>>,
+    /// Nothing more will be read.
+    pub ended: bool,
+    /// More complete messages wait: read again on the next iteration.
+    pub more: bool,
 }
+
+/// Calls taken from one connection per wake-up; the rest wait for the next iteration, so one
+/// pipelining client cannot hold the loop.
+pub const CALLS_PER_READ: usize = 16;
 
 impl Conn {
     pub fn new(stream: UnixStream, cred: PeerCred) -> Conn {
         Conn { stream, cred, input: Vec::new(), out: Vec::new(), follow: None, closing: false }
     }
 
-    /// Reads what is there.
+    /// Reads once (at most 16 KiB) and takes out up to [`CALLS_PER_READ`] complete messages.
     pub fn read(&mut self) -> Input {
         let mut buf = [0u8; 16 * 1024];
-        loop {
-            match self.stream.read(&mut buf) {
-                Ok(0) => return Input::Closed,
-                Ok(n) => {
-                    self.input.extend_from_slice(&buf[..n]);
-                    if self.input.len() > MAX_MESSAGE + 1 && !self.input[..MAX_MESSAGE + 1].contains(&0) {
-                        return Input::Closed;
-                    }
+        let mut ended = false;
+        if !self.closing && !self.input[..self.input.len().min(MAX_MESSAGE + 1)].contains(&0) {
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => ended = true,
+                    Ok(n) => self.input.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(_) => ended = true,
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(_) => return Input::Closed,
+                break;
             }
         }
-        let mut msgs = Vec::new();
-        while let Some(end) = self.input.iter().position(|&b| b == 0) {
-            let msg: Vec<u8> = self.input.drain(..=end).collect();
-            msgs.push(msg[..end].to_vec());
+        let mut messages = Vec::new();
+        let mut start = 0;
+        while messages.len() < CALLS_PER_READ {
+            let Some(end) = self.input[start..].iter().position(|&b| b == 0) else { break };
+            messages.push(self.input[start..start + end].to_vec());
+            start += end + 1;
         }
-        Input::Messages(msgs)
+        self.input.drain(..start);
+        let more = self.input.contains(&0);
+        if !more && self.input.len() > MAX_MESSAGE {
+            // No NUL within the largest message: the framing is lost.
+            ended = true;
+        }
+        Input { messages, ended, more }
     }
 
     /// Queues a message and sends what the socket takes now.

@@ -8,10 +8,13 @@ use holden_proto::VarlinkError;
 use holden_sys::event::{READABLE, WRITABLE};
 use holden_sys::socket;
 
-use crate::conn::{Conn, Follow, Input};
+use crate::conn::{Conn, Follow};
 use crate::exits::exit_text;
 use crate::logs::LogFile;
 use crate::supervisor::{say, Supervisor, Svc, Target};
+
+/// Control connections served at once; more are answered `TooManyClients` and closed.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 impl Supervisor {
     pub(crate) fn accept(&mut self) {
@@ -21,17 +24,29 @@ impl Supervisor {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // EMFILE and the like: leave the rest in the backlog for the next wake-up.
-                    say(&format!("control socket: accept: {e}"));
+                    // EMFILE and the like: the listener stays readable, so stop watching it for
+                    // a moment instead of spinning; the clients wait in the backlog.
+                    say(&format!("control socket: accept: {e}; pausing for 100 ms"));
+                    self.pause_accepting();
                     return;
                 }
             };
+            if self.connections >= MAX_CONNECTIONS {
+                // Too many: answered and closed at once, never queued for.
+                let msg = ControlError::Other {
+                    name: "io.holden.Orchestrator.TooManyClients".into(),
+                    parameters: serde_json::json!({ "limit": MAX_CONNECTIONS }).to_string(),
+                };
+                let _ = std::io::Write::write(&mut &stream, &msg.encode());
+                continue;
+            }
             let Ok(cred) = socket::peer_cred(&stream) else { continue };
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
             let token = self.token();
             if self.epoll.add(&stream, token, READABLE).is_ok() {
+                self.connections += 1;
                 self.targets.insert(token, Target::Conn(Conn::new(stream, cred)));
             }
         }
@@ -42,25 +57,37 @@ impl Supervisor {
         if events & WRITABLE != 0 {
             conn.flush();
         }
-        if events & READABLE != 0 || events & (libc::EPOLLHUP as u32) != 0 {
-            match conn.read() {
-                Input::Closed => conn.closing = true,
-                Input::Messages(msgs) => {
-                    for msg in msgs {
-                        self.call(&mut conn, &msg);
-                    }
+        let mut more = false;
+        if events & (READABLE | libc::EPOLLHUP as u32) != 0 || !conn.closing {
+            let input = conn.read();
+            for msg in input.messages {
+                if conn.closing {
+                    break;
                 }
+                self.call(&mut conn, &msg);
             }
+            conn.closing |= input.ended;
+            more = input.more;
         }
-        if conn.closing && (conn.done() || events & (libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0) {
+        let gone = events & (libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0;
+        if conn.closing && (conn.done() || gone) {
             self.followers.remove(&token);
+            self.connections -= 1;
             let _ = self.epoll.delete(&conn.stream);
             return;
         }
         if conn.follow.is_some() {
             self.followers.insert(token);
         }
-        let interest = if conn.pending() { READABLE | WRITABLE } else { READABLE };
+        if more {
+            self.ready_conns.push(token);
+        }
+        // A connection that is closing is only written to (its reading side says EOF for ever).
+        let interest = match (conn.closing, conn.pending()) {
+            (true, _) => WRITABLE,
+            (false, true) => READABLE | WRITABLE,
+            (false, false) => READABLE,
+        };
         let _ = self.epoll.modify(&conn.stream, token, interest);
         self.targets.insert(token, Target::Conn(conn));
     }
@@ -91,6 +118,7 @@ impl Supervisor {
             self.followers.remove(&t);
             if let Some(Target::Conn(c)) = self.targets.remove(&t) {
                 let _ = self.epoll.delete(&c.stream);
+                self.connections -= 1;
             }
         }
     }
@@ -141,7 +169,7 @@ impl Supervisor {
     }
 
     fn known(&self, names: &[String]) -> Result<(), ControlError> {
-        match names.iter().find(|n| !self.services.contains_key(*n)) {
+        match names.iter().find(|n| self.services.get(*n).is_none_or(|s| s.removing)) {
             Some(n) => Err(ControlError::NoSuchService { name: n.clone() }),
             None => Ok(()),
         }
@@ -178,8 +206,16 @@ impl Supervisor {
             }
             Request::Stop(names) => {
                 self.known(&names)?;
-                for n in self.ordered(&names, true) {
-                    self.by_hand(&n, true);
+                let names = self.ordered(&names, true);
+                for n in &names {
+                    self.by_hand(n, true);
+                }
+                // The intent is on disk before any stop signal goes out (if the write fails,
+                // it is retried like any other).
+                if self.state_dirty {
+                    self.write_state();
+                }
+                for n in names {
                     self.feed(&n, Event::Stop);
                 }
                 Ok(Some(empty))
@@ -240,6 +276,10 @@ impl Supervisor {
             if s.stopped_by_hand != stopped {
                 s.stopped_by_hand = stopped;
                 self.state_dirty = true;
+            }
+            // A stop by hand also cancels the start a pending reload would make.
+            if let (true, Some((_, start))) = (stopped, s.replacement.as_mut()) {
+                *start = false;
             }
         }
     }

@@ -123,7 +123,14 @@ impl Supervisor {
         let Some(proc) = &svc.proc else { return };
         let r = match (svc.cfg.kill_mode, svc.m.pid) {
             (_, Some(pid)) if self.protected.contains(&pid) => return,
-            (KillMode::Group, Some(pid)) => process::pidfd_send_signal_group(proc.pidfd(), pid, sig),
+            // A process that is not (or no longer) its group's leader (an adopted one whose
+            // kill_mode changed) is signalled alone rather than not at all.
+            (KillMode::Group, Some(pid)) => {
+                process::pidfd_send_signal_group(proc.pidfd(), pid, sig).or_else(|e| match e.raw_os_error() {
+                    Some(libc::ESRCH) => process::pidfd_send_signal(proc.pidfd(), sig),
+                    _ => Err(e),
+                })
+            }
             _ => process::pidfd_send_signal(proc.pidfd(), sig),
         };
         // ESRCH: it has just ended; its pidfd will say so.

@@ -82,6 +82,9 @@ pub enum Error {
     /// Another supervisor serves the control socket.
     #[error("another orchestrator is already listening on {}", .0.display())]
     AlreadyServed(PathBuf),
+    /// Another supervisor uses the state directory (it holds the directory's lock).
+    #[error("another orchestrator uses the state directory {} (its lock is held)", .0.display())]
+    StateDirInUse(PathBuf),
     /// Setting up something it needs failed.
     #[error("{what}: {source}")]
     Setup {

@@ -72,13 +72,26 @@ impl LogFile {
 
     fn rotate(&mut self) -> io::Result<()> {
         self.file = None;
+        // The file was removed or moved (by hand, by logrotate): start a new one, and leave the
+        // rotated ones alone.
+        if !self.path.exists() {
+            return self.reopen();
+        }
         let _ = std::fs::remove_file(self.rotated(self.keep));
         for n in (1..self.keep).rev() {
             let _ = std::fs::rename(self.rotated(n), self.rotated(n + 1));
         }
-        std::fs::rename(&self.path, self.rotated(1))?;
-        self.file = Some(open_append(&self.path)?);
-        self.size = 0;
+        let renamed = std::fs::rename(&self.path, self.rotated(1));
+        // Whatever happened, write on: to a new file, or (if the rename failed) the same one,
+        // with its real size, so that a failure does not rotate again at every line.
+        self.reopen()?;
+        renamed
+    }
+
+    fn reopen(&mut self) -> io::Result<()> {
+        let f = open_append(&self.path)?;
+        self.size = f.metadata()?.len();
+        self.file = Some(f);
         Ok(())
     }
 

@@ -23,10 +23,11 @@ impl Notifier {
                 Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
                 None => SocketAddr::from_pathname(&path),
             };
-            match (UnixDatagram::unbound(), addr) {
+            // Non-blocking: a manager with a full queue loses a notification, never stalls us.
+            match (UnixDatagram::unbound().and_then(|s| s.set_nonblocking(true).map(|()| s)), addr) {
                 (Ok(s), Ok(a)) => Some((s, a)),
                 (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("holden up: NOTIFY_SOCKET={path}: {e}; not notifying");
+                    crate::supervisor::say(&format!("NOTIFY_SOCKET={path}: {e}; not notifying"));
                     None
                 }
             }

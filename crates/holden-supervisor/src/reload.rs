@@ -25,8 +25,24 @@ impl Supervisor {
         let services = &self.services;
         let p = plan::reload_plan(&old, &new.services, |n| services.get(n).is_some_and(|s| s.replacement.is_some()));
         let now = Instant::now();
-        for name in &p.added {
-            self.services.insert(name.clone(), Svc::new(new.services[name].clone(), now));
+        // A service a previous reload removed, still stopping, and configured again: it stays,
+        // and starts again with these settings once stopped.
+        let mut p = p;
+        for (name, cfg) in &new.services {
+            if let Some(svc) = self.services.get_mut(name).filter(|s| s.removing) {
+                svc.removing = false;
+                p.changed.retain(|n| n != name);
+                if svc.idle() {
+                    svc.cfg = cfg.clone();
+                    p.added.push(name.clone());
+                } else {
+                    svc.replacement = Some((cfg.clone(), true));
+                    p.changed.push(name.clone());
+                }
+            }
+        }
+        for name in p.added.iter().filter(|n| !self.services.contains_key(*n)).cloned().collect::<Vec<_>>() {
+            self.services.insert(name.clone(), Svc::new(new.services[&name].clone(), now));
         }
         for name in &p.changed {
             let cfg = new.services[name].clone();

@@ -57,6 +57,11 @@ fn transient(e: &holden::Error) -> bool {
 impl Supervisor {
     /// Starts queued spawns, at most [`SPAWN_BUDGET`] per iteration.
     pub(crate) fn run_spawns(&mut self) {
+        if !self.run_recorded && !self.shutting_down {
+            // Not one process before the state file names this run (a full disk at start-up):
+            // after a crash, an unrecorded run's processes could not be told apart.
+            return;
+        }
         let mut budget = SPAWN_BUDGET;
         let until = std::time::Instant::now() + SPAWN_TIME;
         // What this iteration takes on; spawns queued meanwhile wait for the next one.
@@ -81,7 +86,12 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, name: &str) {
-        let Some(svc) = self.services.get(name) else { return };
+        let Some(svc) = self.services.get_mut(name) else { return };
+        // A reload's new settings wait for the old process to end; if the service starts again
+        // straight away (a restart by hand), they apply now.
+        if let Some((cfg, _)) = svc.replacement.take() {
+            svc.cfg = cfg;
+        }
         let cfg = svc.cfg.clone();
         self.spawn_seq += 1;
         let tag = format!("{}.{}", self.run_id, self.spawn_seq);
@@ -101,7 +111,16 @@ impl Supervisor {
             let stdio = match out {
                 Output::Inherit => holden::Stdio::Inherit,
                 Output::Null => holden::Stdio::Null,
-                Output::File(path) => match OpenOptions::new().create(true).append(true).mode(0o640).open(path) {
+                // O_NONBLOCK: a FIFO nobody reads fails (ENXIO) instead of blocking the loop;
+                // the child gets the file blocking, as usual.
+                Output::File(path) => match OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .mode(0o640)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path)
+                    .and_then(|f| holden_sys::fd::set_nonblocking(f.as_fd(), false).map(|()| f))
+                {
                     Ok(f) => holden::Stdio::from(f),
                     Err(e) => {
                         let error = format!("open {which} file {}: {e}", path.display());
@@ -222,8 +241,12 @@ impl Supervisor {
                 }
                 None => {
                     self.abandoned_calls -= 1;
-                    if let Some(Target::Spawn(f)) = self.targets.remove(&token) {
+                    if let Some(Target::Spawn(mut f)) = self.targets.remove(&token) {
                         let _ = self.epoll.delete(&f.call);
+                        // A reply already here would otherwise go unread, its process unkilled.
+                        if let Ok(Some(child)) = f.call.advance() {
+                            let _ = holden_sys::process::pidfd_send_signal(child.pidfd(), libc::SIGKILL);
+                        }
                     }
                 }
             }

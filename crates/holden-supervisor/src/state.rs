@@ -217,7 +217,8 @@ impl StateFile {
             return Err(StateError::Io { path: self.path.clone(), source });
         }
         match serde_json::from_slice::<Snapshot>(&text) {
-            Ok(s) if s.boot_id == boot_id() => Ok(s),
+            // An unreadable boot id ("") proves nothing: such a file is not trusted.
+            Ok(s) if !s.boot_id.is_empty() && s.boot_id == boot_id() => Ok(s),
             Ok(_) => Ok(Snapshot::default()),
             Err(e) => {
                 Err(StateError::Invalid { path: self.path.clone(), message: e.to_string(), aside: self.set_aside() })
@@ -311,6 +312,7 @@ impl Supervisor {
         match self.state_file.write(&snap) {
             Ok(()) => {
                 self.state_dirty = false;
+                self.run_recorded = true;
                 if self.state_error.take().is_some() {
                     say("state file: written again");
                     self.state_event(None);

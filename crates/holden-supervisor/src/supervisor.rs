@@ -8,6 +8,7 @@
 //! spawns is bounded work per iteration and never recursion.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -132,6 +133,12 @@ pub struct Supervisor {
     pub(crate) targets: HashMap<u64, Target>,
     /// The tokens of the connections that follow logs or events.
     pub(crate) followers: HashSet<u64>,
+    /// Control connections open.
+    pub(crate) connections: usize,
+    /// Control connections with calls left over from their last turn.
+    pub(crate) ready_conns: Vec<u64>,
+    /// Accepting paused (out of descriptors) until then.
+    accept_paused_until: Option<Instant>,
     next_token: u64,
     pub(crate) log_dir: PathBuf,
     pub(crate) state_file: StateFile,
@@ -144,6 +151,8 @@ pub struct Supervisor {
     pub(crate) runs: Vec<String>,
     pub(crate) spawn_seq: u64,
     pub(crate) spawn_queue: VecDeque<String>,
+    /// A state file naming this run has been written: spawning may begin.
+    pub(crate) run_recorded: bool,
     /// Agent calls given up but kept, to kill what a late reply brings.
     pub(crate) abandoned_calls: usize,
     /// Processes that must never be signalled or adopted: PID 1, this one, its ancestors.
@@ -158,6 +167,8 @@ pub struct Supervisor {
     pub(crate) in_shutdown_pass: bool,
     /// The descriptor limit local services get (the one this process started with).
     pub(crate) child_nofile: Option<(u64, u64)>,
+    /// The state directory's lock, held for the supervisor's life.
+    _lock: std::fs::File,
 }
 
 /// Lines `say` could not write since the last one it could.
@@ -232,6 +243,20 @@ impl Supervisor {
             e => Error::Setup { what: "control socket".into(), source: std::io::Error::other(e.to_string()) },
         })?;
         listener.listener.set_nonblocking(true).map_err(Error::setup("control socket"))?;
+        // One supervisor per state directory: two would adopt, sweep and remove each other's
+        // processes. The lock lives as long as this process.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(state_dir.join("lock"))
+            .map_err(Error::setup(format!("open {}", state_dir.join("lock").display())))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(Error::StateDirInUse(state_dir)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::setup("lock the state directory")(e)),
+        }
         // Orphans of services (daemonising children) come to us to be reaped, not to PID 1.
         let _ = process::set_child_subreaper();
         // Each service holds a pidfd and up to two log pipes here: raise the soft limit on
@@ -256,6 +281,9 @@ impl Supervisor {
             access: o.access,
             targets: HashMap::new(),
             followers: HashSet::new(),
+            connections: 0,
+            ready_conns: Vec::new(),
+            accept_paused_until: None,
             next_token: HOLDER,
             log_dir,
             state_file: StateFile::new(&state_dir),
@@ -265,6 +293,7 @@ impl Supervisor {
             runs: Vec::new(),
             spawn_seq: 0,
             spawn_queue: VecDeque::new(),
+            run_recorded: false,
             abandoned_calls: 0,
             protected: crate::procfs::protected_pids(),
             exit_stream,
@@ -275,6 +304,7 @@ impl Supervisor {
             shutting_down: false,
             in_shutdown_pass: false,
             child_nofile,
+            _lock: lock,
         })
     }
 
@@ -302,15 +332,16 @@ impl Supervisor {
                 Snapshot::default()
             }
         };
-        // The run id is on disk before anything is spawned, so that whatever this run starts
-        // can be told apart after a crash.
         self.runs = previous.runs.iter().chain((!previous.run.is_empty()).then_some(&previous.run)).cloned().collect();
         self.runs.dedup();
-        let keep_from = self.runs.len().saturating_sub(16);
-        self.runs.drain(..keep_from);
-        self.write_state();
         self.start_holder();
+        // Adoption spawns nothing; a crash before the next write leaves the predecessor's file
+        // as it was, so nothing it recorded is lost.
         self.adopt(previous);
+        // The run id, the adopted processes and the intents are on disk before anything is
+        // spawned, so that whatever this run starts can be told apart after a crash. Until a
+        // write succeeds, nothing is spawned (run_spawns waits for it).
+        self.write_state();
         for name in self.order.clone() {
             if self.services[&name].m.state == State::Stopped && !self.services[&name].stopped_by_hand {
                 self.feed(&name, Event::Start);
@@ -332,7 +363,8 @@ impl Supervisor {
                 break;
             }
             self.holder_interest();
-            let timeout = if self.spawn_queue.is_empty() {
+            let idle = (self.spawn_queue.is_empty() || !self.run_recorded) && self.ready_conns.is_empty();
+            let timeout = if idle {
                 self.next_deadline().map(|d| d.saturating_duration_since(Instant::now()))
             } else {
                 Some(Duration::ZERO)
@@ -344,9 +376,12 @@ impl Supervisor {
                 match ev.token {
                     SIGNALS => sigchld |= self.on_signals(),
                     LISTENER => self.accept(),
-                    HOLDER => self.flush_holder(),
+                    HOLDER => self.on_holder(ev.events),
                     t => self.on_ready(t, ev.events),
                 }
+            }
+            for token in std::mem::take(&mut self.ready_conns) {
+                self.on_conn(token, 0);
             }
             self.fire_timers();
             if sigchld {
@@ -400,6 +435,24 @@ impl Supervisor {
         }
     }
 
+    /// Stops watching the control socket for a moment (accept failed: out of descriptors).
+    pub(crate) fn pause_accepting(&mut self) {
+        let _ = self.epoll.modify(&self.listener.listener, LISTENER, 0);
+        self.accept_paused_until = Some(Instant::now() + Duration::from_millis(100));
+    }
+
+    /// The holder's socket is writable (queued requests go out) or hung up (it is gone).
+    fn on_holder(&mut self, events: u32) {
+        if events & (libc::EPOLLHUP as u32 | libc::EPOLLERR as u32) != 0 {
+            say("log pipe holder: gone; logs will not outlive a crash until holden up restarts");
+            if let Some(h) = self.holder.take() {
+                let _ = self.epoll.delete(&h);
+            }
+            return;
+        }
+        self.flush_holder();
+    }
+
     pub(crate) fn flush_holder(&mut self) {
         let Some(h) = &mut self.holder else { return };
         if let Err(e) = h.flush() {
@@ -438,6 +491,7 @@ impl Supervisor {
             .flat_map(|s| [s.m.deadline, s.exit_check.map(|c| c.0), s.in_flight.as_ref().and_then(call_deadline)])
             .flatten()
             .chain(self.next_watchdog)
+            .chain(self.accept_paused_until)
             .chain(self.state_error.as_ref().map(|e| e.1).filter(|_| self.state_dirty))
             .chain(abandoned.into_iter().flatten())
             .min()
@@ -514,6 +568,10 @@ impl Supervisor {
             self.check_exit(&name);
         }
         self.expire_spawns(now);
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            let _ = self.epoll.modify(&self.listener.listener, LISTENER, READABLE);
+        }
         if let (Some(at), Some(every)) = (self.next_watchdog, self.notify.watchdog) {
             if at <= now {
                 self.notify.send("WATCHDOG=1");

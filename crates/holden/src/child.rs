@@ -159,7 +159,9 @@ impl Child {
                 if !block && !conn.has_input().map_err(Error::Io)? {
                     return Ok(None);
                 }
-                let deadline = (!block).then(|| Instant::now() + Duration::from_secs(1));
+                // Not blocking: what has arrived is read, a reply still partial waits for the
+                // next look (an event loop must not wait here).
+                let deadline = (!block).then(Instant::now);
                 let got = conn.recv(deadline).map_err(|e| Error::from_conn(e, Duration::from_secs(1)));
                 match got.and_then(|(reply, fds)| Ok((Error::check_reply(reply)?, fds))) {
                     Ok((reply, _)) => {

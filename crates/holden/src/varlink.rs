@@ -120,10 +120,9 @@ impl Connection {
             if self.buf.len() > proto::MAX_MESSAGE {
                 return Err(ConnError::Protocol("reply larger than the protocol allows".into()));
             }
+            // With the deadline reached the poll does not wait, but what is there is still read.
             let wait = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if wait == Some(Duration::ZERO)
-                || !event::poll_readable(self.stream.as_fd(), wait).map_err(ConnError::Io)?
-            {
+            if !event::poll_readable(self.stream.as_fd(), wait).map_err(ConnError::Io)? {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(ConnError::Timeout);
                 }
