@@ -733,3 +733,92 @@ fn regression_cli_has_a_deadline() {
     silent.join().unwrap();
     dir.assert_no_leftovers(&[]);
 }
+
+/// CPU time (user + system, clock ticks) `pid` has used.
+fn cpu_ticks(pid: i32) -> u64 {
+    let f = holden_cli::stat_fields(pid).expect("process alive");
+    f[14 - 3].parse::<u64>().unwrap() + f[15 - 3].parse::<u64>().unwrap()
+}
+
+/// Asserts `holden up` stays idle (under 0.2 s of CPU in `d`) while nothing happens.
+fn assert_idle(up: &Up, d: Duration, what: &str) {
+    let before = cpu_ticks(up.pid());
+    std::thread::sleep(d);
+    let used = cpu_ticks(up.pid()) - before;
+    assert!(used < 20, "holden up used {used} ticks of CPU in {d:?} {what}:\n{}", up.output());
+}
+
+#[test]
+fn regression_holder_gone_does_not_spin_the_loop() {
+    let (_serial, dir) = setup("holdergone");
+    let up = start(&dir, "[services.s]\ncommand = [\"sleep\", \"1005\"]\n");
+    up.wait_state("s", "running");
+    let holder = wait_some("the log-pipe holder runs", 5 * SECOND, || {
+        dir.leftovers(&[]).into_iter().find(|(_, cmd)| cmd.contains("fdholder")).map(|(pid, _)| pid)
+    });
+    kill(holder, 9);
+    // Before: its hang-up made epoll report the holder's socket at every wait, for ever.
+    assert_idle(&up, SECOND, "after the holder died");
+    assert!(up.output().contains("log pipe holder: gone"), "{}", up.output());
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_half_closed_control_client_gets_its_answer_and_no_spin() {
+    use std::io::{Read, Write};
+    let (_serial, dir) = setup("halfclosed");
+    let up = start(&dir, "[services.s]\ncommand = [\"sleep\", \"1006\"]\n");
+    up.wait_state("s", "running");
+    // A oneway Stop and a List, then the writing side closed at once.
+    let mut c = std::os::unix::net::UnixStream::connect(&up.socket).unwrap();
+    c.write_all(b"{\"method\":\"io.holden.Orchestrator.Stop\",\"parameters\":{\"names\":[\"s\"]},\"oneway\":true}\0")
+        .unwrap();
+    c.write_all(b"{\"method\":\"io.holden.Orchestrator.List\"}\0").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    // Before: calls read together with the end were dropped; and while the reply waited unread,
+    // the loop spun on the end-of-file.
+    up.wait_state("s", "stopped");
+    assert_idle(&up, SECOND, "with a half-closed client that does not read");
+    let mut reply = Vec::new();
+    c.set_read_timeout(Some(5 * SECOND)).unwrap();
+    c.read_to_end(&mut reply).unwrap();
+    assert!(String::from_utf8_lossy(&reply).contains("\"services\""), "{}", String::from_utf8_lossy(&reply));
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_stop_in_progress_survives_a_crash() {
+    let (_serial, dir) = setup("stopping");
+    // Ignores SIGTERM: a stop takes until stop_timeout (SIGKILL).
+    let services = r#"
+[services.slow]
+command = ["sh", "-c", "trap '' TERM; exec sleep 1007"]
+restart = "always"
+stop_timeout = "3s"
+"#;
+    let up = start(&dir, services);
+    up.wait_state("slow", "running");
+    assert!(up.cli(&["stop", "slow"]).status.success());
+    up.wait_state("slow", "stopping");
+    up.crash();
+    let up = start(&dir, services);
+    // Before: adopted as running and wanted up, the stop forgotten.
+    let s = up.wait_for("slow", "stopped", |s| s["state"] == "stopped");
+    assert_eq!(s["wanted"], "down", "{s}");
+    assert_eq!(dir.count(&["sleep", "1007"]), 0, "{:?}", dir.leftovers(&[]));
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_a_second_supervisor_on_the_same_state_directory_is_refused() {
+    let (_serial, dir) = setup("samestate");
+    let up = start(&dir, "[services.s]\ncommand = [\"sleep\", \"1008\"]\n");
+    up.wait_state("s", "running");
+    let other = dir.path("other.sock");
+    let out = run_short(Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).arg("--control-socket").arg(&other));
+    // Before: it adopted the first one's service, and its clean stop stopped it.
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("uses the state directory"), "{}", stderr(&out));
+    assert_eq!(dir.count(&["sleep", "1008"]), 1);
+    up.stop(&dir, &[]);
+}
