@@ -815,8 +815,12 @@ fn regression_a_second_supervisor_on_the_same_state_directory_is_refused() {
     let up = start(&dir, "[services.s]\ncommand = [\"sleep\", \"1008\"]\n");
     up.wait_state("s", "running");
     let other = dir.path("other.sock");
-    let out = run_short(Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).arg("--control-socket").arg(&other));
-    // Before: it adopted the first one's service, and its clean stop stopped it.
+    let (out, _) = run_with_deadline(
+        Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).arg("--control-socket").arg(&other),
+        5 * SECOND,
+    );
+    // Before: it ran, adopted the first one's service, and its clean stop stopped it.
+    let out = out.expect("the second holden up exits at once");
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("uses the state directory"), "{}", stderr(&out));
     assert_eq!(dir.count(&["sleep", "1008"]), 1);
