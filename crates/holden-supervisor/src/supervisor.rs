@@ -372,11 +372,19 @@ impl Supervisor {
             events.clear();
             self.epoll.wait(timeout, &mut events).map_err(Error::setup("epoll_wait"))?;
             let mut sigchld = false;
+            // Exits first: supervision before logs and clients (a service's pipes report their
+            // end with its exit, and need not delay it).
+            for ev in &events {
+                if matches!(self.targets.get(&ev.token), Some(Target::Pidfd(_))) {
+                    self.on_ready(ev.token, ev.events);
+                }
+            }
             for ev in &events {
                 match ev.token {
                     SIGNALS => sigchld |= self.on_signals(),
                     LISTENER => self.accept(),
                     HOLDER => self.on_holder(ev.events),
+                    t if matches!(self.targets.get(&t), Some(Target::Pidfd(_))) => {}
                     t => self.on_ready(t, ev.events),
                 }
             }
