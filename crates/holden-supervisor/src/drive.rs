@@ -60,11 +60,12 @@ impl Supervisor {
             (_, Some(exit), _) => line += &format!(" (last exit: {exit})"),
             _ => {}
         }
-        say(&line);
+        // Clients that follow events first: they act on them; stdout is a record.
         self.broadcast(
             |f| *f == Follow::Events,
             || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
         );
+        say(&line);
         if self.notify.active() {
             self.notify.send(&format!("STATUS={}", self.summary()));
         }
