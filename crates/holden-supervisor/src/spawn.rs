@@ -155,7 +155,11 @@ impl Supervisor {
             };
         };
         let path = self.cfg.agents.get(agent).map(|a| a.socket.clone()).unwrap_or_default();
-        let result = cmd.spawn_pending(&path, self.exit_stream);
+        let exit_stream = *self.exit_stream.get_or_insert_with(|| {
+            std::env::var_os("HOLDEN_EXIT_STREAM").is_some_and(|v| v == "1")
+                || !holden_sys::process::probe_features().pidfd_info_exit
+        });
+        let result = cmd.spawn_pending(&path, exit_stream);
         drop(cmd);
         let call = match result {
             Ok(c) => c,

@@ -158,7 +158,8 @@ pub struct Supervisor {
     /// Processes that must never be signalled or adopted: PID 1, this one, its ancestors.
     pub(crate) protected: Vec<i32>,
     /// Ask agents for the exit stream (no `PIDFD_INFO_EXIT` here, or forced).
-    pub(crate) exit_stream: bool,
+    /// Decided at the first spawn through an agent (the probe spawns a child of its own).
+    pub(crate) exit_stream: Option<bool>,
     pub(crate) holder: Option<Holder>,
     holder_command: Option<Vec<std::ffi::OsString>>,
     pub(crate) notify: Notifier,
@@ -268,8 +269,7 @@ impl Supervisor {
         let order = config::start_order(&cfg.services);
         let now = Instant::now();
         let services = cfg.services.iter().map(|(name, s)| (name.clone(), Svc::new(s.clone(), now))).collect();
-        let exit_stream = std::env::var_os("HOLDEN_EXIT_STREAM").is_some_and(|v| v == "1")
-            || !process::probe_features().pidfd_info_exit;
+
         Ok(Supervisor {
             config_path: o.config,
             cfg,
@@ -296,7 +296,7 @@ impl Supervisor {
             run_recorded: false,
             abandoned_calls: 0,
             protected: crate::procfs::protected_pids(),
-            exit_stream,
+            exit_stream: None,
             holder: None,
             holder_command: o.holder,
             notify: Notifier::from_env(),

@@ -175,8 +175,7 @@ impl Holder {
         let child = start(socket, command)?;
         let deadline = Instant::now() + Duration::from_secs(2);
         let result = loop {
-            if poll_readable(child.pidfd.as_fd(), Some(left(deadline).min(Duration::from_millis(1)))).unwrap_or(false)
-            {
+            if poll_readable(child.pidfd.as_fd(), Some(left(deadline).min(Duration::from_millis(1)))).unwrap_or(false) {
                 break Err(err(ErrorKind::Other, "fd holder exited before listening"));
             }
             match connect(socket) {
