@@ -110,7 +110,13 @@ impl PendingSpawn {
             }
             match socket::recv_with_fds(self.stream.as_fd(), &mut buf, &mut self.received) {
                 Ok(got) if got.len == 0 => return Err(Error::Disconnected),
-                Ok(got) => self.input.extend_from_slice(&buf[..got.len]),
+                Ok(got) => {
+                    // A Spawn reply carries one descriptor; an agent sending more is broken.
+                    if self.received.len() > proto::MAX_FDS {
+                        return Err(Error::Protocol("more descriptors than a Spawn reply carries".into()));
+                    }
+                    self.input.extend_from_slice(&buf[..got.len]);
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
                 Err(e) => return Err(Error::Io(e)),
