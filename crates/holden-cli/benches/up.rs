@@ -447,6 +447,21 @@ fn holden_figures(dir: &Path) {
     }
     base.sort();
     println!("floor: the probe spawned directly (spawn → running): {}", pct(&base));
+    // The kernel's share of detection: SIGKILL of a running probe → its pidfd readable, in
+    // this process (no supervisor, no client).
+    let mut kfloor = Vec::new();
+    for _ in 0..200 {
+        let cmd = p.command();
+        let mut c = holden::Command::new(&cmd[0]).args(&cmd[1..]).env(MARK_VAR, mark()).spawn().unwrap();
+        p.next();
+        let t0 = Instant::now();
+        c.kill().unwrap();
+        holden_sys::event::poll_readable(c.pidfd(), None).unwrap();
+        kfloor.push(t0.elapsed());
+        c.wait().unwrap();
+    }
+    kfloor.sort();
+    println!("floor: SIGKILL → pidfd readable, no supervisor: {}", pct(&kfloor));
 
     let h = Holden::start(dir, &probes(1, &p, zero));
     let (pid, _) = p.next();
