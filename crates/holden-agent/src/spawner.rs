@@ -105,35 +105,23 @@ impl Spawner {
     }
 
     /// The child's environment: `env` (or the agent's), then `env_update` applied in order
-    /// (`KEY=VALUE` sets, a bare `KEY` removes). Linear in the number of entries: an index by
-    /// key, not a scan per update.
+    /// (`KEY=VALUE` sets, a bare `KEY` removes), by `holden_sys::process::merge_env` (linear).
     fn build_env(&self, p: &SpawnParams) -> Result<Vec<CString>, AgentError> {
-        fn key(e: &[u8]) -> &[u8] {
-            e.split(|&b| b == b'=').next().unwrap_or(e)
-        }
-        let mut env: Vec<Option<Vec<u8>>> = match &p.env {
-            Some(e) => e.iter().map(|s| Some(s.as_bytes().to_vec())).collect(),
-            None => self.envp.iter().map(|c| Some(c.as_bytes().to_vec())).collect(),
+        let base: Vec<Vec<u8>> = match &p.env {
+            Some(e) => e.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            None => self.envp.iter().map(|c| c.as_bytes().to_vec()).collect(),
         };
-        // Every index of each key: `env` may name a key more than once, and an update
-        // replaces them all, as a scan would.
-        let mut index: std::collections::HashMap<Vec<u8>, Vec<usize>> = std::collections::HashMap::new();
-        for (i, e) in env.iter().enumerate() {
-            let e = e.as_deref().expect("all present yet");
-            index.entry(key(e).to_vec()).or_default().push(i);
-        }
-        for u in p.env_update.iter().flatten() {
-            let k = key(u.as_bytes()).to_vec();
-            for i in index.remove(&k).unwrap_or_default() {
-                env[i] = None;
-            }
-            if u.contains('=') {
-                index.insert(k, vec![env.len()]);
-                env.push(Some(u.as_bytes().to_vec()));
-            }
-        }
-        env.into_iter()
+        let updates: Vec<(&[u8], Option<&[u8]>)> = p
+            .env_update
+            .iter()
             .flatten()
+            .map(|u| match u.split_once('=') {
+                Some((k, v)) => (k.as_bytes(), Some(v.as_bytes())),
+                None => (u.as_bytes(), None),
+            })
+            .collect();
+        process::merge_env(base, &updates)
+            .into_iter()
             .map(|e| {
                 CString::new(e).map_err(|_| AgentError::InvalidParameter {
                     parameter: "env".into(),

@@ -625,3 +625,31 @@ pub fn peek_exited_child() -> io::Result<Option<i32>> {
 pub fn reap_pid(pid: i32) -> io::Result<Option<Exit>> {
     Ok(waitid(libc::P_PID, pid as libc::id_t, libc::WEXITED | libc::WNOHANG)?.map(|(_, e)| e))
 }
+
+/// An environment (`KEY=VALUE` entries) with updates applied in order: `(KEY, Some(VALUE))`
+/// sets (replacing every earlier entry of that key, the new one last), `(KEY, None)` removes.
+/// Linear in the entries and updates (an index by key, not a scan per update). The one
+/// environment builder of the library's local spawns and the agent's.
+pub fn merge_env(base: Vec<Vec<u8>>, updates: &[(&[u8], Option<&[u8]>)]) -> Vec<Vec<u8>> {
+    fn key(e: &[u8]) -> &[u8] {
+        e.split(|&b| b == b'=').next().unwrap_or(e)
+    }
+    let mut env: Vec<Option<Vec<u8>>> = base.into_iter().map(Some).collect();
+    let mut index: std::collections::HashMap<Vec<u8>, Vec<usize>> = std::collections::HashMap::new();
+    for (i, e) in env.iter().enumerate() {
+        index.entry(key(e.as_deref().expect("all present yet")).to_vec()).or_default().push(i);
+    }
+    for (k, v) in updates {
+        for i in index.remove(*k).unwrap_or_default() {
+            env[i] = None;
+        }
+        if let Some(v) = v {
+            let mut kv = k.to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v);
+            index.insert(k.to_vec(), vec![env.len()]);
+            env.push(Some(kv));
+        }
+    }
+    env.into_iter().flatten().collect()
+}

@@ -89,3 +89,14 @@ fn features_are_probed() {
     let f = process::probe_features();
     assert!(f.clone_pidfd, "the minimum kernel has CLONE_PIDFD");
 }
+
+#[test]
+fn merge_env_sets_replaces_and_removes_in_order() {
+    let base: Vec<Vec<u8>> = ["A=1", "B=2", "A=3", "C=4"].iter().map(|s| s.as_bytes().to_vec()).collect();
+    let out = holden_sys_merge(base, &[(b"A", Some(b"9")), (b"C", None), (b"D", Some(b"x=y"))]);
+    assert_eq!(out, ["B=2", "A=9", "D=x=y"]);
+}
+
+fn holden_sys_merge(base: Vec<Vec<u8>>, updates: &[(&[u8], Option<&[u8]>)]) -> Vec<String> {
+    crate::process::merge_env(base, updates).into_iter().map(|e| String::from_utf8(e).unwrap()).collect()
+}

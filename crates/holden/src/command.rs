@@ -210,24 +210,23 @@ impl Command {
             .chain(&self.args)
             .map(|a| cstring("argument", a.as_bytes()))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut env: Vec<(OsString, OsString)> =
-            if self.env_clear { Vec::new() } else { std::env::vars_os().collect() };
-        for (k, v) in &self.env {
-            env.retain(|(ek, _)| ek != k);
-            if let Some(v) = v {
-                env.push((k.clone(), v.clone()));
-            }
-        }
-        let envp = env
-            .iter()
-            .map(|(k, v)| {
-                let mut kv = k.as_bytes().to_vec();
-                kv.push(b'=');
-                kv.extend_from_slice(v.as_bytes());
-                cstring("environment entry", &kv)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let path = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_bytes());
+        let base: Vec<Vec<u8>> = if self.env_clear {
+            Vec::new()
+        } else {
+            std::env::vars_os()
+                .map(|(k, v)| {
+                    let mut kv = std::os::unix::ffi::OsStringExt::into_vec(k);
+                    kv.push(b'=');
+                    kv.extend_from_slice(v.as_bytes());
+                    kv
+                })
+                .collect()
+        };
+        let updates: Vec<(&[u8], Option<&[u8]>)> =
+            self.env.iter().map(|(k, v)| (k.as_bytes(), v.as_ref().map(|v| v.as_bytes()))).collect();
+        let env = process::merge_env(base, &updates);
+        let envp = env.iter().map(|kv| cstring("environment entry", kv)).collect::<Result<Vec<_>, _>>()?;
+        let path = env.iter().find_map(|kv| kv.strip_prefix(b"PATH="));
         let candidates = process::exec_candidates(program, path);
         let cwd = self.cwd.as_ref().map(|c| cstring("directory", c.as_os_str().as_bytes())).transpose()?;
         let null = open_null_if(self.stdio.iter().any(|s| matches!(s, Some(Stdio::Null))))?;
