@@ -17,6 +17,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod event;
+mod exec;
 pub mod fd;
 pub mod process;
 pub mod socket;

@@ -4,6 +4,7 @@ use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
+pub use crate::exec::{exec_candidates, merge_env};
 use crate::{cvt, cvt_long};
 
 /// How a process ended, as `waitid(2)` or `PIDFD_INFO_EXIT` report it.
@@ -527,29 +528,6 @@ fn probe_child() -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The paths `execvp(3)` would try for `program`, in order: `program` itself if it contains a
-/// slash, else each directory of `path` (an empty entry is the current directory) joined with
-/// it; `path` defaults to `/usr/local/bin:/usr/bin:/bin`. Entries with a NUL byte are skipped.
-pub fn exec_candidates(program: &[u8], path: Option<&[u8]>) -> Vec<CString> {
-    if program.contains(&b'/') {
-        return CString::new(program).into_iter().collect();
-    }
-    let path = path.unwrap_or(b"/usr/local/bin:/usr/bin:/bin");
-    path.split(|&b| b == b':')
-        .filter_map(|dir| {
-            let mut full = Vec::with_capacity(dir.len() + 1 + program.len());
-            if dir.is_empty() {
-                full.extend_from_slice(b".");
-            } else {
-                full.extend_from_slice(dir);
-            }
-            full.push(b'/');
-            full.extend_from_slice(program);
-            CString::new(full).ok()
-        })
-        .collect()
-}
-
 /// Makes this process a child subreaper: orphaned descendants are re-parented to it instead of
 /// to PID 1, so it can reap them. `prctl(PR_SET_CHILD_SUBREAPER, 1)` (Linux 3.4).
 /// Man page: <https://man7.org/linux/man-pages/man2/PR_SET_CHILD_SUBREAPER.2const.html>.
@@ -624,32 +602,4 @@ pub fn peek_exited_child() -> io::Result<Option<i32>> {
 /// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
 pub fn reap_pid(pid: i32) -> io::Result<Option<Exit>> {
     Ok(waitid(libc::P_PID, pid as libc::id_t, libc::WEXITED | libc::WNOHANG)?.map(|(_, e)| e))
-}
-
-/// An environment (`KEY=VALUE` entries) with updates applied in order: `(KEY, Some(VALUE))`
-/// sets (replacing every earlier entry of that key, the new one last), `(KEY, None)` removes.
-/// Linear in the entries and updates (an index by key, not a scan per update). The one
-/// environment builder of the library's local spawns and the agent's.
-pub fn merge_env(base: Vec<Vec<u8>>, updates: &[(&[u8], Option<&[u8]>)]) -> Vec<Vec<u8>> {
-    fn key(e: &[u8]) -> &[u8] {
-        e.split(|&b| b == b'=').next().unwrap_or(e)
-    }
-    let mut env: Vec<Option<Vec<u8>>> = base.into_iter().map(Some).collect();
-    let mut index: std::collections::HashMap<Vec<u8>, Vec<usize>> = std::collections::HashMap::new();
-    for (i, e) in env.iter().enumerate() {
-        index.entry(key(e.as_deref().expect("all present yet")).to_vec()).or_default().push(i);
-    }
-    for (k, v) in updates {
-        for i in index.remove(*k).unwrap_or_default() {
-            env[i] = None;
-        }
-        if let Some(v) = v {
-            let mut kv = k.to_vec();
-            kv.push(b'=');
-            kv.extend_from_slice(v);
-            index.insert(k.to_vec(), vec![env.len()]);
-            env.push(Some(kv));
-        }
-    }
-    env.into_iter().flatten().collect()
 }
