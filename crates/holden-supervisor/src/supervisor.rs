@@ -362,6 +362,9 @@ impl Supervisor {
             if self.shutting_down && self.services.values().all(Svc::idle) {
                 break;
             }
+            if self.holder.as_ref().is_some_and(|h| h.wants_write()) {
+                self.flush_holder();
+            }
             self.holder_interest();
             let idle = (self.spawn_queue.is_empty() || !self.run_recorded) && self.ready_conns.is_empty();
             let timeout = if idle {

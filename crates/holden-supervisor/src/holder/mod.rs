@@ -215,8 +215,9 @@ impl Holder {
     }
 
     /// Asks the holder to keep a copy of `fd` under `key` (replacing what it held under that
-    /// key). Never blocks: if the socket is full the request (with a duplicate of the fd) is
-    /// queued, replacing a queued request for the same key that is not sent yet.
+    /// key). Never blocks: the request (with a duplicate of the fd) is queued, replacing a
+    /// queued request for the same key that is not sent yet, and goes out with the next
+    /// [`Holder::flush`] (or `take_all`, or `shutdown`).
     ///
     /// An invalid `key` (see the module doc) is a caller bug, ignored (a panic in debug builds).
     /// If `fd` cannot be duplicated, `forget KEY` is sent instead: no older pipe stays kept.
@@ -235,9 +236,9 @@ impl Holder {
     fn push(&mut self, key: &str, verb: &str, fd: Option<OwnedFd>) {
         debug_assert!(valid_key(key), "invalid fd holder key {key:?}");
         if valid_key(key) {
+            // Only queued: the supervisor sends everything queued once per loop iteration
+            // (`flush`), after the work that cannot wait (an exit, a spawn).
             self.link.push(Some(key), format!("{verb} {key}\n"), fd);
-            // On failure the request stays queued, so the caller's next flush reports it.
-            let _ = self.flush();
         }
     }
 

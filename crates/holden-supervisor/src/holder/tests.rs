@@ -107,6 +107,7 @@ fn starts_a_holder_process_and_reaps_it() {
     assert_eq!(fs::read_link(format!("/proc/{pid}/fd/1")).unwrap(), Path::new("/dev/null"));
     let (r, mut w) = io::pipe().unwrap();
     a.store("x.out", r.as_fd());
+    a.flush().unwrap();
     drop(r);
     let mut b = Holder::connect_or_start(&path, &command).unwrap();
     assert!(b.child.is_none(), "the running holder is used");
