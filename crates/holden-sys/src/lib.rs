@@ -19,6 +19,7 @@
 pub mod event;
 mod exec;
 pub mod fd;
+mod features;
 pub mod process;
 pub mod socket;
 

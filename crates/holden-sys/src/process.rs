@@ -5,6 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 pub use crate::exec::{exec_candidates, merge_env};
+pub use crate::features::{probe_features, Features};
 use crate::{cvt, cvt_long};
 
 /// How a process ended, as `waitid(2)` or `PIDFD_INFO_EXIT` report it.
@@ -254,7 +255,7 @@ fn empty_sigset() -> libc::sigset_t {
     }
 }
 
-fn errno() -> i32 {
+pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
@@ -464,68 +465,6 @@ pub fn pidfd_exit_info(pidfd: BorrowedFd<'_>) -> io::Result<Option<Exit>> {
         return Ok(None);
     }
     Ok(Some(Exit::from_wait_status(info.exit_code)))
-}
-
-/// Kernel features Holden can use, found by trying them (never by parsing the version).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Features {
-    /// `clone3(2)` answers (not ENOSYS, as under Docker's default seccomp profile).
-    pub clone3: bool,
-    /// `clone(2)` with `CLONE_PIDFD` works (Linux 5.2); Holden's spawn path needs it.
-    pub clone_pidfd: bool,
-    /// `close_range(2)` exists (Linux 5.9).
-    pub close_range: bool,
-    /// `PIDFD_GET_INFO` reports `PIDFD_INFO_EXIT` (Linux 6.15).
-    pub pidfd_info_exit: bool,
-}
-
-/// Probes the running kernel for [`Features`]. Spawns and reaps one short-lived child of the
-/// caller (a clone that exits at once), so call it before anything else reaps children.
-pub fn probe_features() -> Features {
-    // SAFETY: clone3 with a null argument and size 0 only validates its arguments: EINVAL where
-    // it exists, ENOSYS where it does not (or a seccomp filter refuses it).
-    let clone3 =
-        unsafe { libc::syscall(libc::SYS_clone3, std::ptr::null::<u8>(), 0usize) } == -1 && errno() != libc::ENOSYS;
-    // SAFETY: close_range on the empty range [MAX, MAX] closes nothing.
-    let close_range =
-        unsafe { libc::syscall(libc::SYS_close_range, u32::MAX, u32::MAX, 0u32) } == 0 || errno() != libc::ENOSYS;
-    let (clone_pidfd, pidfd_info_exit) = match probe_child() {
-        Ok(fd) => {
-            let exit = matches!(pidfd_exit_info(fd.as_fd()), Ok(Some(Exit::Exited(42))));
-            (true, exit)
-        }
-        Err(_) => (false, false),
-    };
-    Features { clone3, clone_pidfd, close_range, pidfd_info_exit }
-}
-
-extern "C" fn probe_child_main(_: *mut libc::c_void) -> libc::c_int {
-    // SAFETY: _exit is async-signal-safe and never returns.
-    unsafe { libc::_exit(42) }
-}
-
-/// Clones a child that exits with 42 at once, reaps it, and returns its pidfd.
-fn probe_child() -> io::Result<OwnedFd> {
-    let mut stack = vec![0u8; 4096];
-    let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;
-    let mut pidfd: libc::c_int = -1;
-    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // SAFETY: the child only calls _exit on its own 4 KiB stack; `pidfd` receives the descriptor.
-    let pid = unsafe {
-        libc::clone(
-            probe_child_main,
-            top as *mut libc::c_void,
-            flags,
-            std::ptr::null_mut(),
-            &mut pidfd as *mut libc::c_int,
-        )
-    };
-    cvt(pid)?;
-    drop(stack);
-    // SAFETY: clone succeeded with CLONE_PIDFD, so `pidfd` is ours.
-    let fd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    wait_pidfd(fd.as_fd(), false)?;
-    Ok(fd)
 }
 
 /// Makes this process a child subreaper: orphaned descendants are re-parented to it instead of
