@@ -145,6 +145,12 @@ pub enum ControlError {
         /// The caller's uid.
         uid: u32,
     },
+    /// `io.holden.Orchestrator.TooManyClients`: the connection was refused.
+    #[error("too many clients (limit {limit})")]
+    TooManyClients {
+        /// The orchestrator's connection limit.
+        limit: u32,
+    },
     /// `org.varlink.service.MethodNotFound`.
     #[error("method not found: {method}")]
     MethodNotFound {
@@ -177,6 +183,7 @@ impl ControlError {
             ControlError::ReloadFailed { .. } => "ReloadFailed",
             ControlError::InvalidParameter { .. } => "InvalidParameter",
             ControlError::PermissionDenied { .. } => "PermissionDenied",
+            ControlError::TooManyClients { .. } => "TooManyClients",
             ControlError::MethodNotFound { .. } => return "org.varlink.service.MethodNotFound".into(),
             ControlError::InterfaceNotFound { .. } => return "org.varlink.service.InterfaceNotFound".into(),
             ControlError::Other { name, .. } => return name.clone(),
@@ -193,6 +200,7 @@ impl ControlError {
             ControlError::ReloadFailed { message } => serde_json::json!({ "message": message }),
             ControlError::InvalidParameter { parameter } => serde_json::json!({ "parameter": parameter }),
             ControlError::PermissionDenied { uid } => serde_json::json!({ "uid": uid }),
+            ControlError::TooManyClients { limit } => serde_json::json!({ "limit": limit }),
             ControlError::MethodNotFound { method } => serde_json::json!({ "method": method }),
             ControlError::InterfaceNotFound { interface } => serde_json::json!({ "interface": interface }),
             ControlError::Other { parameters, .. } => serde_json::from_str(parameters).unwrap_or(Value::Null),
@@ -213,6 +221,9 @@ impl ControlError {
             }
             (Some("PermissionDenied"), _) => ControlError::PermissionDenied {
                 uid: p.get("uid").and_then(Value::as_u64).unwrap_or(u64::from(u32::MAX)) as u32,
+            },
+            (Some("TooManyClients"), _) => ControlError::TooManyClients {
+                limit: p.get("limit").and_then(Value::as_u64).unwrap_or(0).min(u64::from(u32::MAX)) as u32,
             },
             (_, "org.varlink.service.MethodNotFound") => ControlError::MethodNotFound { method: s("method") },
             (_, "org.varlink.service.InterfaceNotFound") => {
@@ -363,6 +374,7 @@ mod tests {
             ControlError::ReloadFailed { message: "f:1:1: bad".into() },
             ControlError::InvalidParameter { parameter: "names".into() },
             ControlError::PermissionDenied { uid: 65534 },
+            ControlError::TooManyClients { limit: 1024 },
             ControlError::MethodNotFound { method: "m".into() },
             ControlError::InterfaceNotFound { interface: "i".into() },
         ];

@@ -33,10 +33,7 @@ impl Supervisor {
             };
             if self.connections >= MAX_CONNECTIONS {
                 // Too many: answered and closed at once, never queued for.
-                let msg = ControlError::Other {
-                    name: "io.holden.Orchestrator.TooManyClients".into(),
-                    parameters: serde_json::json!({ "limit": MAX_CONNECTIONS }).to_string(),
-                };
+                let msg = ControlError::TooManyClients { limit: MAX_CONNECTIONS as u32 };
                 let _ = std::io::Write::write(&mut &stream, &msg.encode());
                 continue;
             }

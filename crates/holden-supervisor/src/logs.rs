@@ -111,14 +111,6 @@ impl LogFile {
         Ok(())
     }
 
-    /// Appends one finished line (with its newline).
-    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        self.write_chunk(&buf)
-    }
-
     /// The last `n` lines, from the current file and as many rotated ones as needed.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
@@ -300,7 +292,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut log = LogFile::open(&dir, "svc", 1024, 2).unwrap();
         for i in 0..200 {
-            log.write_line(&format!("line {i:04} {}", "x".repeat(40))).unwrap();
+            log.write_chunk(format!("line {i:04} {}\n", "x".repeat(40)).as_bytes()).unwrap();
         }
         let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
         assert!(size(dir.join("svc.log")) <= 1024);

@@ -25,14 +25,7 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
 
 /// The pids of running processes (zombies excluded) whose environment holds `KEY=VALUE`.
 pub fn processes_with_env(key: &str, value: &str) -> Vec<i32> {
-    let needle = format!("{key}={value}");
-    all_pids()
-        .filter(|&pid| is_running(pid))
-        .filter(|pid| {
-            std::fs::read(format!("/proc/{pid}/environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
-        })
-        .collect()
+    all_pids().filter(|&pid| is_running(pid) && env_value(pid, key).is_some_and(|v| v == value)).collect()
 }
 
 /// The value of `key` in the environment `pid` started with (`/proc/PID/environ`), if it is

@@ -347,9 +347,10 @@ impl Supervisor {
                 self.feed(&name, Event::Start);
             }
         }
-        // The initial spawns, before READY=1 (each pass is budgeted; a failing one that is
-        // queued again waits for the loop).
-        for _ in 0..=self.services.len() / SPAWN_BUDGET {
+        // The initial spawns, before READY=1, in budgeted passes; a service that fails and is
+        // queued again at once (zero backoff) holds READY back for a second at most.
+        let until = Instant::now() + Duration::from_secs(1);
+        while !self.spawn_queue.is_empty() && self.run_recorded && Instant::now() < until {
             self.run_spawns();
         }
         self.write_state();
