@@ -76,6 +76,8 @@ fn run(opts: args::Options) -> Result<(), String> {
         clone_pidfd: f.clone_pidfd,
         close_range: f.close_range,
         pidfd_info_exit: f.pidfd_info_exit,
+        pidfs: f.pidfs,
+        pidfd_signal_group: f.pidfd_signal_group,
     };
     let info = GetInfoReply { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() as i32, features };
 

@@ -51,6 +51,7 @@ fn send_call(s: &UnixStream, msg: &[u8], fds: &[std::os::fd::BorrowedFd<'_>]) {
 
 /// Reads one reply with its descriptors, or fails the test after `limit`.
 fn reply_within(r: &mut FdReader, limit: Duration, what: &str) -> (serde_json::Value, Vec<OwnedFd>) {
+    let limit = scaled(limit);
     r.stream.set_read_timeout(Some(limit)).unwrap();
     match r.next() {
         Ok(Some((msg, fds))) => (json(&msg), fds),
@@ -73,50 +74,60 @@ fn spawn_capturing(socket: &Path, argv: &[&str]) -> (serde_json::Value, String) 
     (reply, text)
 }
 
-/// Runs a small Varlink client as uid 65534 that makes `calls` `Spawn` calls on one connection,
-/// one at a time, and returns how many were answered `PermissionDenied`.
-fn refused_spawns_as_nobody(socket: &Path, calls: usize) -> usize {
-    const CLIENT: &str = r#"
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-s.connect(sys.argv[1])
-call = b'{"method":"io.holden.Agent.Spawn","parameters":{"argv":["true"]}}\0'
-denied, buf = 0, b''
-for _ in range(int(sys.argv[2])):
-    s.sendall(call)
-    while b'\0' not in buf:
-        d = s.recv(65536)
-        if not d:
-            sys.exit('the agent closed the connection')
-        buf += d
-    msg, _, buf = buf.partition(b'\0')
-    denied += b'"io.holden.Agent.PermissionDenied"' in msg
-print(denied)
-"#;
+/// The uid 65534 client of [`refused_spawns_as_nobody`]: this test binary, started as that uid
+/// with `HOLDEN_TEST_NOBODY_CLIENT=SOCKET CALLS`. In a normal run it has nothing to do.
+#[test]
+fn nobody_client_role() {
+    let Ok(task) = std::env::var("HOLDEN_TEST_NOBODY_CLIENT") else { return };
+    let (socket, calls) = task.split_once(' ').expect("SOCKET CALLS");
+    let mut r = FdReader::new(UnixStream::connect(socket).expect("connect"));
+    let call = spawn_call(serde_json::json!({"argv": ["true"]}));
+    let mut denied = 0;
+    for i in 0..calls.parse::<usize>().unwrap() {
+        send_call(&r.stream, &call, &[]);
+        let (reply, _) = reply_within(&mut r, Duration::from_secs(60), &format!("refused call {i}"));
+        denied += usize::from(reply["error"] == "io.holden.Agent.PermissionDenied");
+    }
+    println!("DENIED: {denied}");
+}
+
+/// Runs a Varlink client as uid 65534 (this binary's [`nobody_client_role`]) that makes `calls`
+/// `Spawn` calls on one connection, one at a time, and returns how many were answered
+/// `PermissionDenied`.
+fn refused_spawns_as_nobody(dir: &TempDir, socket: &Path, calls: usize) -> usize {
+    let exe = dir.0.join("nobody-client");
+    if !exe.exists() {
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let mut child = Command::new("setpriv")
         .args(AS_NOBODY)
         .arg("--inh-caps=-all")
-        .args(["/usr/bin/python3", "-I", "-S", "-c", CLIENT])
-        .arg(socket)
-        .arg(calls.to_string())
+        .arg(&exe)
+        .args(["--exact", "nobody_client_role", "--nocapture", "--test-threads=1"])
+        .env("HOLDEN_TEST_NOBODY_CLIENT", format!("{} {calls}", socket.display()))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .spawn()
-        .expect("run python3 through setpriv");
-    let Some(status) = wait_timeout(&mut child, Duration::from_secs(60)) else {
+        .expect("run the client through setpriv");
+    let limit = scaled(Duration::from_secs(60));
+    let Some(status) = wait_timeout(&mut child, limit) else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("the uid 65534 client did not finish its {calls} calls within 60 s");
+        panic!("the uid 65534 client did not finish its {calls} calls within {limit:?}");
     };
     let mut out = String::new();
     child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    assert!(status.success(), "the uid 65534 client failed: {status:?}");
-    out.trim().parse().unwrap_or_else(|_| panic!("client output {out:?}"))
+    assert!(status.success(), "the uid 65534 client failed: {status:?}\n{out}");
+    out.lines()
+        .find_map(|l| l.split_once("DENIED: "))
+        .and_then(|(_, n)| n.parse().ok())
+        .unwrap_or_else(|| panic!("client output {out:?}"))
 }
 
 /// A Ping on a fresh connection; fails the test unless it is answered within `limit`.
 fn ping_within(socket: &Path, limit: Duration) -> Duration {
+    let limit = scaled(limit);
     let start = Instant::now();
     let mut client = holden::Agent::connect(socket).expect("connect to the agent");
     client.set_timeout(limit);
@@ -192,7 +203,7 @@ fn regression_pipelining_client_does_not_stall_others() {
          the flood had {at_start} of {CALLS} replies when the pings began, {at_end} when they ended"
     );
     assert!(at_end < CALLS, "the flood ended before the pings did: nothing was measured under load");
-    assert!(p99 <= Duration::from_millis(10), "p99 {p99:?} > 10 ms");
+    assert!(p99 <= scaled(Duration::from_millis(10)), "p99 {p99:?} > 10 ms (times the time scale)");
     agent.finish();
 }
 
@@ -220,7 +231,7 @@ fn regression_env_update_is_linear() {
     drop(w);
     println!("Spawn with {N} env and {N} env_update entries ({} bytes) answered in {took:?}", call.len());
     // Quadratic, it took 312 ms here (debug build); linear, 13 ms. The bound sits between.
-    assert!(took < Duration::from_millis(150), "env_update is not linear: {took:?}");
+    assert!(took < scaled(Duration::from_millis(150)), "env_update is not linear: {took:?}");
     assert!(reply.get("error").is_none(), "{reply}");
     assert_eq!(pidfd.len(), 1, "one pidfd with the reply");
     let mut text = String::new();
@@ -361,7 +372,7 @@ fn regression_logging_never_blocks_or_kills_the_agent() {
 
     // (a) Thousands of refusals, each logged at warn, into a pipe nobody reads.
     let start = Instant::now();
-    assert_eq!(refused_spawns_as_nobody(&agent.socket, REFUSED), REFUSED);
+    assert_eq!(refused_spawns_as_nobody(&agent.dir, &agent.socket, REFUSED), REFUSED);
     println!("{REFUSED} refused spawns as uid 65534 took {:?}", start.elapsed());
     let took = ping_within(&agent.socket, Duration::from_secs(1));
     println!("then a root ping took {took:?}");
@@ -379,7 +390,7 @@ fn regression_logging_never_blocks_or_kills_the_agent() {
 
     // (b) Nobody reads stderr any more: a write fails (EPIPE) and must not kill the agent.
     drop(stderr_read);
-    assert_eq!(refused_spawns_as_nobody(&agent.socket, 1), 1);
+    assert_eq!(refused_spawns_as_nobody(&agent.dir, &agent.socket, 1), 1);
     ping_within(&agent.socket, Duration::from_secs(1));
     assert!(agent.proc.as_mut().unwrap().try_wait().unwrap().is_none(), "the agent exited");
     agent.finish();

@@ -132,7 +132,7 @@ fn environment_directory_umask_limits_and_session() {
     require_root();
     let agent = TestAgent::start(&[]);
     let mut client = agent.client();
-    let script = "echo \"$A|$B|${HOME-unset}\"; pwd; umask; ulimit -n; ps -o sid= -p $$ | tr -d ' '; echo $$";
+    let script = "echo \"$A|$B|${HOME-unset}\"; pwd; umask; ulimit -n; cut -d' ' -f6 /proc/$$/stat; echo $$";
     let run = |cmd: &mut holden::Command, client: &mut holden::Agent| {
         stdout_of(cmd, |c| c.spawn_via(client).unwrap()).lines().map(str::to_owned).collect::<Vec<_>>()
     };

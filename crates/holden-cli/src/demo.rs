@@ -155,8 +155,9 @@ fn run() -> Result<(), String> {
     );
     let f = info.features;
     println!(
-        "kernel features it found: clone3 {}, CLONE_PIDFD {}, close_range {}, PIDFD_INFO_EXIT {}",
-        f.clone3, f.clone_pidfd, f.close_range, f.pidfd_info_exit
+        "kernel features it found: clone3 {}, CLONE_PIDFD {}, close_range {}, PIDFD_INFO_EXIT {}, \
+         pidfs {}, PIDFD_SIGNAL_PROCESS_GROUP {}",
+        f.clone3, f.clone_pidfd, f.close_range, f.pidfd_info_exit, f.pidfs, f.pidfd_signal_group
     );
 
     step("2. spawn a long-running process through the agent");

@@ -34,8 +34,9 @@ pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
             let f = info.features;
             println!("agent {} at {}, pid {} in its namespace", info.version, path.display(), info.pid);
             println!(
-                "features: clone3 {}, clone_pidfd {}, close_range {}, pidfd_info_exit {}",
-                f.clone3, f.clone_pidfd, f.close_range, f.pidfd_info_exit
+                "features: clone3 {}, clone_pidfd {}, close_range {}, pidfd_info_exit {}, pidfs {}, \
+                 pidfd_signal_group {}",
+                f.clone3, f.clone_pidfd, f.close_range, f.pidfd_info_exit, f.pidfs, f.pidfd_signal_group
             );
         }
         Ok(())

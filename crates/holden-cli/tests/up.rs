@@ -223,7 +223,7 @@ kill_mode = "group"
 "#,
     );
     let a = up.wait_state("a", "running")["pid"].as_i64().unwrap();
-    up.wait_state("b", "running");
+    let b = up.wait_state("b", "running")["pid"].as_i64().unwrap();
 
     let out = up.cli(&["status"]);
     let text = stdout(&out);
@@ -248,6 +248,15 @@ kill_mode = "group"
 
     assert!(up.cli(&["stop", "b"]).status.success());
     assert_eq!(up.wait_state("b", "stopped")["pid"], serde_json::Value::Null);
+    // The group was signalled with PIDFD_SIGNAL_PROCESS_GROUP where the kernel has it (6.9+),
+    // else with kill(-pgid) (`make vm-test` runs 6.1).
+    let how = if holden_sys::process::probe_features().pidfd_signal_group {
+        "through its leader's pidfd".to_string()
+    } else {
+        format!("with kill(-{b})")
+    };
+    let line = format!("b: SIGTERM to process group {b} {how}");
+    assert!(up.output().contains(&line), "no {line:?} in\n{}", up.output());
     assert!(up.cli(&["start", "b"]).status.success());
     up.wait_state("b", "running");
     let out = up.cli(&["restart", "a"]);

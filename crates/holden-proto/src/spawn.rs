@@ -237,6 +237,12 @@ pub struct Features {
     pub close_range: bool,
     /// PIDFD_GET_INFO reports PIDFD_INFO_EXIT.
     pub pidfd_info_exit: bool,
+    /// pidfds have their own inodes (pidfs). Absent from agents before 0.3.1: false.
+    #[serde(default)]
+    pub pidfs: bool,
+    /// pidfd_send_signal(2) takes PIDFD_SIGNAL_PROCESS_GROUP. Absent before 0.3.1: false.
+    #[serde(default)]
+    pub pidfd_signal_group: bool,
 }
 
 /// `io.holden.Agent.GetInfo`'s reply.

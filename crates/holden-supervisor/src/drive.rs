@@ -126,12 +126,18 @@ impl Supervisor {
             (_, Some(pid)) if self.protected.contains(&pid) => return,
             // A process that is not (or no longer) its group's leader (an adopted one whose
             // kill_mode changed) is signalled alone rather than not at all.
-            (KillMode::Group, Some(pid)) => {
-                process::pidfd_send_signal_group(proc.pidfd(), pid, sig).or_else(|e| match e.raw_os_error() {
-                    Some(libc::ESRCH) => process::pidfd_send_signal(proc.pidfd(), sig),
-                    _ => Err(e),
-                })
-            }
+            (KillMode::Group, Some(pid)) => match process::pidfd_send_signal_group(proc.pidfd(), pid, sig) {
+                Ok(how) => {
+                    let how = match how {
+                        process::GroupSignal::Pidfd => "through its leader's pidfd".to_string(),
+                        process::GroupSignal::KillPgid => format!("with kill(-{pid})"),
+                    };
+                    say(&format!("{name}: {} to process group {pid} {how}", crate::text::signal_name(sig)));
+                    Ok(())
+                }
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => process::pidfd_send_signal(proc.pidfd(), sig),
+                Err(e) => Err(e),
+            },
             _ => process::pidfd_send_signal(proc.pidfd(), sig),
         };
         // ESRCH: it has just ended; its pidfd will say so.

@@ -2,10 +2,10 @@
 //! version. Re-exported from [`crate::process`].
 
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use crate::cvt;
-use crate::process::{errno, pidfd_exit_info, wait_pidfd, Exit};
+use crate::process::{errno, pidfd_exit_info, pidfd_open, pidfs_inode, wait_pidfd, Exit, PIDFD_SIGNAL_PROCESS_GROUP};
 
 /// Kernel features Holden can use, found by trying them (never by parsing the version).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,6 +18,10 @@ pub struct Features {
     pub close_range: bool,
     /// `PIDFD_GET_INFO` reports `PIDFD_INFO_EXIT` (Linux 6.15).
     pub pidfd_info_exit: bool,
+    /// pidfds live in pidfs, so each process's pidfd has its own inode (Linux 6.9).
+    pub pidfs: bool,
+    /// `pidfd_send_signal(2)` takes `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9).
+    pub pidfd_signal_group: bool,
 }
 
 /// Probes the running kernel for [`Features`]. Spawns and reaps one short-lived child of the
@@ -37,7 +41,25 @@ pub fn probe_features() -> Features {
         }
         Err(_) => (false, false),
     };
-    Features { clone3, clone_pidfd, close_range, pidfd_info_exit }
+    let (pidfs, pidfd_signal_group) = match pidfd_open(std::process::id() as i32) {
+        Ok(own) => {
+            let pidfs = matches!(pidfs_inode(own.as_fd()), Ok(Some(_)));
+            // SAFETY: signal 0 to this process's own group only checks the arguments and the
+            // permission: EINVAL where the flag is unknown.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    own.as_raw_fd(),
+                    0,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    PIDFD_SIGNAL_PROCESS_GROUP,
+                )
+            };
+            (pidfs, r == 0 || errno() != libc::EINVAL)
+        }
+        Err(_) => (false, false),
+    };
+    Features { clone3, clone_pidfd, close_range, pidfd_info_exit, pidfs, pidfd_signal_group }
 }
 
 extern "C" fn probe_child_main(_: *mut libc::c_void) -> libc::c_int {

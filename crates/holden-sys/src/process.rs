@@ -476,6 +476,18 @@ pub fn set_child_subreaper() -> io::Result<()> {
     Ok(())
 }
 
+/// `pidfd_send_signal(2)`'s flag that sends to the target's process group (Linux 6.9).
+pub(crate) const PIDFD_SIGNAL_PROCESS_GROUP: u32 = 1 << 2;
+
+/// How [`pidfd_send_signal_group`] reached the group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupSignal {
+    /// `pidfd_send_signal(2)` with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9).
+    Pidfd,
+    /// `kill(-pgid)`, after checking the leader through its pidfd (older kernels).
+    KillPgid,
+}
+
 /// Sends `signal` to the process group led by the process behind `pidfd`.
 ///
 /// Uses `pidfd_send_signal(2)` with `PIDFD_SIGNAL_PROCESS_GROUP` (Linux 6.9), which names the
@@ -483,8 +495,7 @@ pub fn set_child_subreaper() -> io::Result<()> {
 /// it checks the leader is still there (signal 0 through the pidfd) and falls back to
 /// `kill(-pgid)`, where `pgid` is the leader's pid as this process sees it.
 /// Man page: <https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html>.
-pub fn pidfd_send_signal_group(pidfd: impl AsFd, pgid: i32, signal: i32) -> io::Result<()> {
-    const PIDFD_SIGNAL_PROCESS_GROUP: u32 = 1 << 2;
+pub fn pidfd_send_signal_group(pidfd: impl AsFd, pgid: i32, signal: i32) -> io::Result<GroupSignal> {
     let fd = pidfd.as_fd().as_raw_fd();
     // SAFETY: plain system call; a null siginfo means "as if by kill(2)".
     let r = unsafe {
@@ -497,12 +508,12 @@ pub fn pidfd_send_signal_group(pidfd: impl AsFd, pgid: i32, signal: i32) -> io::
         )
     };
     match cvt_long(r) {
-        Ok(_) => Ok(()),
+        Ok(_) => Ok(GroupSignal::Pidfd),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) && pgid > 1 => {
             pidfd_send_signal(pidfd.as_fd(), 0)?;
             // SAFETY: plain system call; a negative pid names a process group.
             cvt(unsafe { libc::kill(-pgid, signal) })?;
-            Ok(())
+            Ok(GroupSignal::KillPgid)
         }
         Err(e) => Err(e),
     }

@@ -98,8 +98,18 @@ impl Drop for TestAgent {
     }
 }
 
+/// `d` widened by `HOLDEN_TEST_TIME_SCALE` (default 1), which `make vm-test` sets in an emulated
+/// guest, several times slower than the host: every deadline and timing bound of the tests goes
+/// through this, so that no test is dropped from the VM for being slow there.
+pub fn scaled(d: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    d * *SCALE.get_or_init(|| {
+        std::env::var("HOLDEN_TEST_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+    })
+}
+
 pub fn wait_for_socket(path: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     while Instant::now() < deadline {
         if UnixStream::connect(path).is_ok() {
             return;
@@ -110,7 +120,7 @@ pub fn wait_for_socket(path: &Path) {
 }
 
 pub fn wait_timeout(p: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
+    let deadline = Instant::now() + scaled(limit);
     while Instant::now() < deadline {
         if let Some(s) = p.try_wait().unwrap() {
             return Some(s);
@@ -145,7 +155,7 @@ pub fn children_of(ppid: i32) -> Vec<(i32, char)> {
 
 /// Waits up to 5 s for `ppid` to have no children at all (so no zombie either).
 pub fn assert_no_children(ppid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + scaled(Duration::from_secs(5));
     loop {
         let c = children_of(ppid);
         if c.is_empty() {

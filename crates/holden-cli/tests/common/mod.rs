@@ -62,7 +62,7 @@ impl Dir {
 
     /// Waits until nothing carrying the marker runs (but `except`), or fails.
     pub fn assert_no_leftovers(&self, except: &[i32]) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + scaled(Duration::from_secs(5));
         loop {
             let left = self.leftovers(except);
             if left.is_empty() {
@@ -117,8 +117,18 @@ impl Drop for Agent {
     }
 }
 
+/// `d` widened by `HOLDEN_TEST_TIME_SCALE` (default 1), which `make vm-test` sets in an emulated
+/// guest, several times slower than the host: every deadline and timing bound of the tests goes
+/// through this, so that no test is dropped from the VM for being slow there.
+pub fn scaled(d: Duration) -> Duration {
+    static SCALE: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    d * *SCALE.get_or_init(|| {
+        std::env::var("HOLDEN_TEST_TIME_SCALE").ok().and_then(|v| v.parse().ok()).filter(|&n| n >= 1).unwrap_or(1)
+    })
+}
+
 pub fn wait_for_socket(socket: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + scaled(Duration::from_secs(10));
     while UnixStream::connect(socket).is_err() {
         assert!(Instant::now() < deadline, "nothing listens on {}", socket.display());
         std::thread::sleep(Duration::from_millis(5));
@@ -181,7 +191,7 @@ impl Up {
 
     /// Waits until `pred` holds for service `name`, returning it.
     pub fn wait_for(&self, name: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + scaled(Duration::from_secs(10));
         loop {
             let s = self.service(name);
             if pred(&s) {
@@ -204,7 +214,7 @@ impl Up {
     /// SIGTERM, then waits for a clean exit and checks that no service is left.
     pub fn stop(mut self, dir: &Dir, except: &[i32]) {
         kill(self.pid(), 15);
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + scaled(Duration::from_secs(20));
         let status = loop {
             if let Some(s) = self.proc.try_wait().unwrap() {
                 break s;
@@ -276,6 +286,7 @@ pub fn stderr(o: &Output) -> String {
 /// Waits until `cond` holds, polling every 10 ms; fails naming `what` (and what `detail`
 /// says then) after `timeout`.
 pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, detail: impl Fn() -> String) {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     while !cond() {
         assert!(Instant::now() < deadline, "{what}: not within {timeout:?}\n{}", detail());
@@ -285,6 +296,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool,
 
 /// Waits until `f` returns something, polling every 10 ms; fails naming `what` after `timeout`.
 pub fn wait_some<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let timeout = scaled(timeout);
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = f() {
@@ -495,4 +507,16 @@ static PROTECTED: std::sync::Mutex<Vec<i32>> = std::sync::Mutex::new(Vec::new())
 /// Keeps the reaper off `pid`, a child the test waits for itself.
 pub fn protect(pid: i32) {
     PROTECTED.lock().unwrap().push(pid);
+}
+
+/// How the orchestrator reports the exit `status` of a process it is not the parent of and
+/// whose agent cannot tell (an adopted process, one whose agent died): as it was where the
+/// kernel tells any pidfd holder (PIDFD_INFO_EXIT, 6.15+), as `unknown` on older kernels
+/// (`make vm-test` runs 6.1 and 6.12).
+pub fn exit_seen_by_a_non_parent(status: &str) -> &str {
+    if holden_sys::process::probe_features().pidfd_info_exit {
+        status
+    } else {
+        "unknown"
+    }
 }
