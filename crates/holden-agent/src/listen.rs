@@ -3,6 +3,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -61,7 +62,7 @@ pub fn group_id(group: &str) -> Result<u32, ListenError> {
 }
 
 /// Binds `path`: creates its directory, replaces a stale socket file (nothing answers on it),
-/// refuses to touch a live one or a non-socket, then sets mode and group.
+/// refuses to touch a live one or a non-socket, then sets mode and group before it listens.
 pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listening, ListenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         fs::create_dir_all(dir).map_err(io_err(format!("create socket directory {}", dir.display())))?;
@@ -75,14 +76,17 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<Listening, Lis
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(ListenError::Io(format!("inspect {}", path.display()), e)),
     }
-    let listener = UnixListener::bind(path).map_err(io_err(format!("bind {}", path.display())))?;
-    let owned = Listening { listener, owned_path: Some(path.into()) };
+    // Bound but not listening until its mode and group are set: no client can connect while
+    // they are still the umask's and the process's.
+    let bound = holden_sys::socket::bind_unix(path).map_err(io_err(format!("bind {}", path.display())))?;
+    let owned = Listening { listener: UnixListener::from(bound), owned_path: Some(path.into()) };
     fs::set_permissions(path, fs::Permissions::from_mode(mode))
         .map_err(io_err(format!("set mode {mode:o} on {}", path.display())))?;
     if let Some(gid) = group {
         std::os::unix::fs::chown(path, None, Some(gid))
             .map_err(io_err(format!("set group {gid} on {}", path.display())))?;
     }
+    holden_sys::socket::listen(owned.listener.as_fd()).map_err(io_err(format!("listen on {}", path.display())))?;
     Ok(owned)
 }
 

@@ -81,8 +81,11 @@ fn a_file_that_is_not_a_socket_is_never_replaced() {
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "precious");
 }
 
+/// The socket used to be listening before its mode and group were set: a client that connected
+/// at once met the umask's mode and the agent's group. `make vm-test` caught it on 6.1 under
+/// emulation, where the window is wide. Now it listens only once both are set.
 #[test]
-fn socket_path_from_environment_directory_created_mode_and_group() {
+fn regression_socket_path_from_environment_directory_created_with_mode_and_group() {
     require_root();
     let dir = TempDir::new("envsock");
     let path = dir.0.join("deep/er/agent.sock");

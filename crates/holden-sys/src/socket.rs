@@ -190,23 +190,8 @@ pub fn take_listen_fds() -> Vec<OwnedFd> {
 /// Man pages: <https://man7.org/linux/man-pages/man2/connect.2.html>,
 /// <https://man7.org/linux/man-pages/man7/unix.7.html>.
 pub fn connect_nonblocking(path: &std::path::Path) -> io::Result<std::os::unix::net::UnixStream> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = path.as_os_str().as_bytes();
-    // SAFETY: sockaddr_un is plain data; zeroed is an empty address.
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path empty, too long or with a NUL byte"));
-    }
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor we own.
-    let fd =
-        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: `fd` was just created and is owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    let (addr, len) = unix_addr(path)?;
+    let fd = unix_socket(libc::SOCK_NONBLOCK)?;
     // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes for the duration of the call.
     let r = unsafe { libc::connect(fd.as_raw_fd(), &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) };
     if r < 0 {
@@ -218,4 +203,49 @@ pub fn connect_nonblocking(path: &std::path::Path) -> io::Result<std::os::unix::
         }
     }
     Ok(std::os::unix::net::UnixStream::from(fd))
+}
+
+/// A Unix stream socket bound to `path` but not yet listening: nobody can connect until
+/// [`listen`] is called, so its file's mode and owner can be set first. Close-on-exec.
+/// Man pages: <https://man7.org/linux/man-pages/man2/bind.2.html>,
+/// <https://man7.org/linux/man-pages/man7/unix.7.html>.
+pub fn bind_unix(path: &std::path::Path) -> io::Result<OwnedFd> {
+    let (addr, len) = unix_addr(path)?;
+    let fd = unix_socket(0)?;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes for the duration of the call.
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), &addr as *const libc::sockaddr_un as *const libc::sockaddr, len) })?;
+    Ok(fd)
+}
+
+/// `listen(2)` with the system's largest backlog (`SOMAXCONN`), as std's listeners use.
+pub fn listen(sock: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain system call on a borrowed descriptor.
+    cvt(unsafe { libc::listen(sock.as_raw_fd(), libc::SOMAXCONN) })?;
+    Ok(())
+}
+
+/// `socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | extra)`.
+fn unix_socket(extra: libc::c_int) -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) takes no pointers; a non-negative result is a new descriptor we own.
+    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | extra, 0) })?;
+    // SAFETY: `fd` was just created and is owned by nothing else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `path` as a `sockaddr_un` and its length; `InvalidInput` if it is empty, too long for
+/// `sun_path` or holds a NUL byte.
+fn unix_addr(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: sockaddr_un is plain data; zeroed is an empty address.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path empty, too long or with a NUL byte"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
+    Ok((addr, len))
 }
