@@ -1,6 +1,7 @@
 //! The agent in a real Docker container (image `holden-agent`, built by `make image`), reached
 //! from the host through `holden exec`, the library and an orchestrator service. Needs root
-//! and a Docker engine; `/bin/busybox` (Debian's busybox-static) is bind-mounted into the
+//! and a Docker engine (or podman: `HOLDEN_CONTAINER_ENGINE=podman`, as the podman guest of
+//! `make vm-test` sets); `/bin/busybox` (Debian's busybox-static) is bind-mounted into the
 //! otherwise empty image to have something to run. Without an engine the test says it did
 //! not run and why; with `HOLDEN_REQUIRE_DOCKER=1` (as CI sets) that is a failure.
 
@@ -14,14 +15,19 @@ use common::*;
 
 const IMAGE: &str = "holden-agent";
 
+/// The container engine's command: `docker`, or `HOLDEN_CONTAINER_ENGINE`.
+fn engine() -> String {
+    std::env::var("HOLDEN_CONTAINER_ENGINE").ok().filter(|e| !e.is_empty()).unwrap_or_else(|| "docker".into())
+}
+
 fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker").args(args).output().expect("run docker")
+    Command::new(engine()).args(args).output().unwrap_or_else(|e| panic!("run {}: {e}", engine()))
 }
 
 /// Whether the test can run; panics where it must.
 fn engine_ready() -> bool {
     let required = std::env::var("HOLDEN_REQUIRE_DOCKER").is_ok_and(|v| v == "1");
-    let info = Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output();
+    let info = Command::new(engine()).arg("info").output();
     match info {
         Ok(o) if o.status.success() => {}
         other => {

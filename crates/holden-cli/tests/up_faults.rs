@@ -372,7 +372,7 @@ fn regression_fifo_symlink_or_garbage_state_file_is_set_aside() {
             || std::os::unix::net::UnixStream::connect(&up.socket).is_ok(),
             || up.output(),
         );
-        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(started.elapsed() < scaled(Duration::from_secs(5)));
         let out = up.cli(&["status"]);
         assert!(out.status.success(), "{case}: status: {}", stderr(&out));
         let pid = pid_of(&up.wait_state("s", "running"));
@@ -482,7 +482,7 @@ fn timed_service(up: &Up, name: &str) -> Value {
     let out = up.cli(&["status", "--json"]);
     let took = t.elapsed();
     assert!(out.status.success(), "status: {}", stderr(&out));
-    assert!(took < SECOND, "holden status took {took:?}");
+    assert!(took < scaled(SECOND), "holden status took {took:?}");
     let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     list.into_iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("no service {name}"))
 }
@@ -724,7 +724,7 @@ fn regression_cli_has_a_deadline() {
     ];
     for args in calls {
         let took = holden(args, Some("0.5"));
-        assert!(took < 3 * SECOND, "holden {args:?} with HOLDEN_TIMEOUT=0.5 took {took:?}");
+        assert!(took < scaled(3 * SECOND), "holden {args:?} with HOLDEN_TIMEOUT=0.5 took {took:?}");
     }
     let out =
         run_short(Command::new(HOLDEN).args(["status", "--control-socket"]).arg(&path).env("HOLDEN_TIMEOUT", "soon"));
