@@ -164,7 +164,14 @@ fn the_agent_in_a_docker_container_serves_the_host() {
     let out = docker(&["stop", "-t", "10", &name]);
     assert!(out.status.success(), "docker stop: {}", stderr(&out));
     assert!(holden_sys::event::poll_readable(watched.pidfd().as_fd(), Some(Duration::from_secs(5))).unwrap());
-    assert_eq!(watched.wait().unwrap().signal(), Some(9), "killed with the container's pid namespace");
+    if holden_sys::process::probe_features().pidfd_info_exit {
+        assert_eq!(watched.wait().unwrap().signal(), Some(9), "killed with the container's pid namespace");
+    } else {
+        // Before 6.15 only the agent could tell, and it went first (the podman guest of
+        // `make vm-test` runs this on 6.12): the library says so rather than guessing.
+        let r = watched.wait();
+        assert!(matches!(r, Err(holden::Error::ExitUnavailable(_))), "{r:?}");
+    }
     let code = docker(&["inspect", "-f", "{{.State.ExitCode}}", &name]);
     assert_eq!(stdout(&code).trim(), "0", "the agent exits 0 on SIGTERM");
     assert!(!socket.exists(), "the agent removed its socket");
@@ -172,7 +179,7 @@ fn the_agent_in_a_docker_container_serves_the_host() {
     up.wait_for("inside", "waiting for the agent", |s| {
         s["state"] == "backing-off" && s["last_error"].as_str().is_some_and(|e| e.contains("connect to agent"))
     });
-    assert_eq!(up.service("inside")["last_exit"], "signal SIGKILL");
+    assert_eq!(up.service("inside")["last_exit"], exit_seen_by_a_non_parent("signal SIGKILL"));
     let out = docker(&["start", &name]);
     assert!(out.status.success(), "docker start: {}", stderr(&out));
     let init2 = init_pid(&name);
