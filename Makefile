@@ -36,4 +36,4 @@ clean:
 KERNEL ?= 6.12
 .PHONY: vm-test
 vm-test:
-	KERNEL=$(KERNEL) GUEST=$(GUEST) TEST=$(TEST) VM_SCRIPT=$(VM_SCRIPT) VM_SHELL=$(VM_SHELL) CARGO=$(CARGO) bash vm/vm-test
+	KERNEL="$(KERNEL)" GUEST="$(GUEST)" TEST="$(TEST)" VM_SCRIPT="$(VM_SCRIPT)" VM_SHELL="$(VM_SHELL)" CARGO="$(CARGO)" bash vm/vm-test
