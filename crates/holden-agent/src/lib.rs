@@ -81,6 +81,9 @@ fn run(opts: args::Options) -> Result<(), String> {
     };
     let info = GetInfoReply { version: env!("CARGO_PKG_VERSION").into(), pid: std::process::id() as i32, features };
 
+    // Signals are blocked before the socket listens: from the first connection on, SIGTERM is a
+    // clean stop that removes the socket, never the default action.
+    let signals = server::Server::signals().map_err(|e| format!("signalfd: {e}"))?;
     let listening = match activated.into_iter().next() {
         Some(fd) => {
             log::log(Level::Info, format_args!("using the socket passed by the service manager"));
@@ -102,7 +105,7 @@ fn run(opts: args::Options) -> Result<(), String> {
     };
     let listener = listening.listener.try_clone().map_err(|e| format!("listener: {e}"))?;
     let mut server =
-        server::Server::new(listener, spawner, policy, info).map_err(|e| format!("set up event loop: {e}"))?;
+        server::Server::new(listener, signals, spawner, policy, info).map_err(|e| format!("set up event loop: {e}"))?;
     log::log(
         Level::Info,
         format_args!(

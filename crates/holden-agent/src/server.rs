@@ -83,10 +83,21 @@ pub struct Server {
 }
 
 impl Server {
-    /// Sets up the loop on a listening socket.
-    pub fn new(listener: UnixListener, spawner: Spawner, policy: Policy, info: GetInfoReply) -> io::Result<Server> {
+    /// The signals the loop handles, blocked and read from a signalfd. Create it before the
+    /// socket listens: a SIGTERM that arrives as soon as a client can connect is then a clean stop.
+    pub fn signals() -> io::Result<SignalFd> {
+        SignalFd::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
+    }
+
+    /// Sets up the loop on a listening socket and the [`Server::signals`] descriptor.
+    pub fn new(
+        listener: UnixListener,
+        signals: SignalFd,
+        spawner: Spawner,
+        policy: Policy,
+        info: GetInfoReply,
+    ) -> io::Result<Server> {
         listener.set_nonblocking(true)?;
-        let signals = SignalFd::new(&[libc::SIGCHLD, libc::SIGTERM, libc::SIGINT, libc::SIGHUP])?;
         let epoll = Epoll::new()?;
         epoll.add(&listener, LISTENER, READABLE)?;
         epoll.add(&signals, SIGNALS, READABLE)?;

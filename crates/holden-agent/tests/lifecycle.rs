@@ -138,3 +138,32 @@ fn socket_activation_uses_the_passed_listener_and_leaves_it() {
     guard.stop();
     assert!(!std::path::Path::new("/nonexistent/ignored.sock").exists());
 }
+
+/// The agent used to block its signals only after its socket listened: a SIGTERM sent as soon as
+/// the socket appeared killed it by the default action, leaving the socket file behind.
+/// `make vm-test` caught it on 6.12 under emulation, where the window is wide; here SIGTERM goes
+/// out through a pidfd the moment the socket file exists. Signals are now blocked before bind.
+#[test]
+fn regression_sigterm_as_soon_as_the_socket_appears_is_a_clean_stop() {
+    require_root();
+    for round in 0..50 {
+        let dir = TempDir::new("early-term");
+        let socket = dir.0.join("agent.sock");
+        let mut proc = Command::new(AGENT)
+            .arg("--socket")
+            .arg(&socket)
+            .args(["--log-level", "warn"])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pidfd = holden_sys::process::pidfd_open(proc.id() as i32).unwrap();
+        let deadline = std::time::Instant::now() + scaled(Duration::from_secs(10));
+        while !socket.exists() {
+            assert!(std::time::Instant::now() < deadline, "round {round}: no socket");
+        }
+        holden_sys::process::pidfd_send_signal(&pidfd, libc::SIGTERM).unwrap();
+        let status = wait_timeout(&mut proc, Duration::from_secs(10)).expect("the agent exits");
+        assert!(status.success(), "round {round}: {status:?}");
+        assert!(!socket.exists(), "round {round}: the socket is left behind");
+    }
+}
