@@ -46,19 +46,7 @@ fn io_err(what: String) -> impl FnOnce(io::Error) -> ListenError {
 
 /// Resolves a group name or number to a gid.
 pub fn group_id(group: &str) -> Result<u32, ListenError> {
-    if let Ok(gid) = group.parse() {
-        return Ok(gid);
-    }
-    let text = fs::read_to_string("/etc/group").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut f = l.split(':');
-            let name = f.next()?;
-            let gid = f.nth(1)?.parse().ok()?;
-            (name == group).then_some(gid)
-        })
-        .next()
-        .ok_or_else(|| ListenError::UnknownGroup(group.into()))
+    holden_sys::users::group(Path::new("/"), group).map_err(|_| ListenError::UnknownGroup(group.into()))
 }
 
 /// Binds `path`: creates its directory, replaces a stale socket file (nothing answers on it),

@@ -506,7 +506,12 @@ impl Server {
                     Err(e) => return err(e),
                 };
                 let c = &self.conns[&id];
-                match self.spawner.spawn(&params, &fds, self.policy.run_as(&c.cred)) {
+                let run_as = self.policy.run_as(&c.cred);
+                if run_as.is_some() && (params.user.is_some() || params.group.is_some()) {
+                    // Processes of this caller run as the caller: it may not choose another user.
+                    return err(AgentError::PermissionDenied { uid: c.cred.uid });
+                }
+                match self.spawner.spawn(&params, &fds, run_as) {
                     Ok(child) => {
                         log::log(Level::Debug, format_args!("spawned {} as pid {}", params.argv[0], child.pid));
                         let more = call.more && !call.oneway;

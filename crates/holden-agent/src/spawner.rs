@@ -21,6 +21,16 @@ pub struct Spawner {
     default_rlimits: Vec<Rlimit>,
 }
 
+/// How the child is set up before exec, besides its stdio and directory.
+struct Setup<'a> {
+    setsid: bool,
+    umask: Option<u32>,
+    rlimits: &'a [Rlimit],
+    nice: Option<i32>,
+    oom_score_adj: Option<i32>,
+    user: Option<User<'a>>,
+}
+
 /// Text of an errno in the house style: lower-case, no "(os error N)".
 pub fn errno_text(errno: i32) -> String {
     let s = std::io::Error::from_raw_os_error(errno).to_string();
@@ -90,7 +100,33 @@ impl Spawner {
                 rlimits.push(*d);
             }
         }
-        self.run(&argv, envp, path, cwd.as_deref(), stdio, p.setsid.unwrap_or(false), p.umask, &rlimits, user)
+        // `user` and `group` in the agent's own user database (the container's).
+        let account = holden_sys::users::resolve(
+            std::path::Path::new("/"),
+            p.user.as_deref(),
+            p.group.as_deref(),
+            holden_sys::fd::geteuid(),
+        )
+        .map_err(|e| {
+            let parameter = match e {
+                holden_sys::users::LookupError::UnknownUser(_) => "user",
+                holden_sys::users::LookupError::UnknownGroup(_) => "group",
+            };
+            AgentError::InvalidParameter { parameter: parameter.into(), reason: e.to_string() }
+        })?;
+        let user = match &account {
+            Some(a) => Some(User { uid: a.uid, gid: a.gid, groups: &a.groups }),
+            None => user,
+        };
+        let setup = Setup {
+            setsid: p.setsid.unwrap_or(false),
+            umask: p.umask,
+            rlimits: &rlimits,
+            nice: p.nice,
+            oom_score_adj: p.oom_score_adj,
+            user,
+        };
+        self.run(&argv, envp, path, cwd.as_deref(), stdio, setup)
     }
 
     /// Spawns a v0.2 START_PROCESS: `name` looked up in PATH, argv `[name, args...]`, the
@@ -101,7 +137,9 @@ impl Spawner {
             .map(|a| CString::new(a).expect("legacy strings end at their NUL"))
             .collect::<Vec<_>>();
         let stdio = [Some(self.devnull.as_fd()), None, None];
-        self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, false, None, &self.default_rlimits, user)
+        let setup =
+            Setup { setsid: false, umask: None, rlimits: &self.default_rlimits, nice: None, oom_score_adj: None, user };
+        self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, setup)
     }
 
     /// The child's environment: `env` (or the agent's), then `env_update` applied in order
@@ -131,7 +169,6 @@ impl Spawner {
             .collect()
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         argv: &[CString],
@@ -139,15 +176,25 @@ impl Spawner {
         path: Option<&[u8]>,
         cwd: Option<&CStr>,
         stdio: [Option<BorrowedFd<'_>>; 3],
-        setsid: bool,
-        umask: Option<u32>,
-        rlimits: &[Rlimit],
-        user: Option<User<'_>>,
+        setup: Setup<'_>,
     ) -> Result<Spawned, AgentError> {
         let program = argv[0].as_bytes();
         // PATH lookup uses the child's own PATH, as std::process::Command does.
         let candidates = process::exec_candidates(program, path);
-        let spec = SpawnSpec { candidates: &candidates, argv, envp, cwd, stdio, setsid, umask, rlimits, user };
+        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user } = setup;
+        let spec = SpawnSpec {
+            candidates: &candidates,
+            argv,
+            envp,
+            cwd,
+            stdio,
+            setsid,
+            umask,
+            rlimits,
+            nice,
+            oom_score_adj,
+            user,
+        };
         process::spawn(&spec).map_err(|e| {
             let prog = String::from_utf8_lossy(program);
             match e {

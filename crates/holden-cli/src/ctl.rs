@@ -448,7 +448,7 @@ pub fn check(args: Vec<String>) -> ExitCode {
         }
         i += 1;
     }
-    match config::load(&file) {
+    match holden_supervisor::load_config(&file) {
         Ok(c) => {
             let order = config::start_order(&c.services);
             println!(

@@ -25,6 +25,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use crate::constraints::Constraints;
+use crate::constraints::RawConstraints;
+
 /// The longest service name (it names files and keys; 128 is plenty).
 pub const MAX_NAME: usize = 128;
 /// The largest backoff factor (a delay grows past any sensible maximum in a few steps anyway).
@@ -130,6 +133,8 @@ pub struct Service {
     pub stderr: Output,
     /// Whom stop and kill signal.
     pub kill_mode: KillMode,
+    /// User, group, nice, oom_score_adj and rlimits.
+    pub constraints: Constraints,
 }
 
 /// An agent the services may use.
@@ -200,6 +205,11 @@ struct RawService {
     stdout: Option<String>,
     stderr: Option<String>,
     kill_mode: Option<KillMode>,
+    user: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
+    nice: Option<Spanned<i64>>,
+    oom_score_adj: Option<Spanned<i64>>,
+    rlimits: Option<Spanned<BTreeMap<String, toml::Value>>>,
 }
 
 #[derive(Deserialize)]
@@ -310,6 +320,15 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 return Err(at(d.span(), format!("service {n}: depends on unknown service {:?}", d.get_ref())));
             }
         }
+        let constraints = RawConstraints {
+            user: &s.user,
+            group: &s.group,
+            nice: &s.nice,
+            oom_score_adj: &s.oom_score_adj,
+            rlimits: &s.rlimits,
+        }
+        .check(n)
+        .map_err(|(span, m)| at(span, m))?;
         let stop_signal = match &s.stop_signal {
             None => 15,
             Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(sig.span(), m))?,
@@ -362,6 +381,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 stdout: parse_output(s.stdout.clone()),
                 stderr: parse_output(s.stderr.clone()),
                 kill_mode: s.kill_mode.unwrap_or(KillMode::Process),
+                constraints,
             },
         );
     }

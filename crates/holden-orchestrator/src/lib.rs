@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod config;
+mod constraints;
 pub mod control;
 pub mod machine;
 pub mod plan;

@@ -68,6 +68,18 @@ pub struct SpawnParams {
     /// Resource limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rlimits: Option<Vec<Rlimit>>,
+    /// The user to run as, a name (in the agent's `/etc/passwd`) or a number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The group to run as, a name (in the agent's `/etc/group`) or a number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The nice value, -20 to 19.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nice: Option<i32>,
+    /// The OOM killer's score adjustment, -1000 to 1000.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_score_adj: Option<i32>,
 }
 
 fn bad(parameter: &str, reason: impl Into<String>) -> AgentError {
@@ -103,6 +115,22 @@ fn fd_index(parameter: &str, v: &Value, nfds: usize) -> Result<u32, AgentError> 
         return Err(bad(parameter, format!("names descriptor {i}, but the message carries {nfds}")));
     }
     Ok(i as u32)
+}
+
+/// A user or group: a name or a number, as `/etc/passwd` and `/etc/group` allow.
+fn account(parameter: &str, v: &Value) -> Result<String, AgentError> {
+    let s = v.as_str().ok_or_else(|| bad(parameter, "must be a string (a name or a number)"))?;
+    if s.is_empty() || s.len() > 256 || s.contains([':', '\n', '\0']) {
+        return Err(bad(parameter, "must be a name or a number: 1 to 256 bytes, no ':', newline or NUL"));
+    }
+    Ok(s.to_owned())
+}
+
+fn int_in(parameter: &str, v: &Value, min: i64, max: i64) -> Result<i32, AgentError> {
+    match v.as_i64() {
+        Some(n) if (min..=max).contains(&n) => Ok(n as i32),
+        _ => Err(bad(parameter, format!("must be an integer from {min} to {max}"))),
+    }
 }
 
 fn opt_limit(parameter: &str, v: Option<&Value>) -> Result<Option<u64>, AgentError> {
@@ -145,6 +173,10 @@ impl SpawnParams {
                     p.umask = Some(m.ok_or_else(|| bad("umask", "must be an integer from 0 to 511 (0o777)"))? as u32);
                 }
                 "rlimits" => p.rlimits = Some(rlimits(value)?),
+                "user" => p.user = Some(account("user", value)?),
+                "group" => p.group = Some(account("group", value)?),
+                "nice" => p.nice = Some(int_in("nice", value, -20, 19)?),
+                "oom_score_adj" => p.oom_score_adj = Some(int_in("oom_score_adj", value, -1000, 1000)?),
                 other => return Err(bad(other, "unknown parameter")),
             }
         }

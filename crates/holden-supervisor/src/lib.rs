@@ -79,6 +79,17 @@ pub enum Error {
     /// The configuration does not load.
     #[error("{0}")]
     Config(#[from] holden_orchestrator::config::ConfigError),
+    /// A local service's user or group is not in this system's user database.
+    #[error("{}: service {service}: {source}", file.display())]
+    Account {
+        /// The configuration file.
+        file: PathBuf,
+        /// The service.
+        service: String,
+        /// What is missing.
+        #[source]
+        source: holden_sys::users::LookupError,
+    },
     /// Another supervisor serves the control socket.
     #[error("another orchestrator is already listening on {}", .0.display())]
     AlreadyServed(PathBuf),
@@ -101,6 +112,18 @@ impl Error {
         let what = what.into();
         move |source| Error::Setup { what, source }
     }
+}
+
+/// Loads and checks a configuration file, with what only this system can check: that the users
+/// and groups of local services exist here (an agent resolves its services' in its container).
+pub fn load_config(file: &Path) -> Result<holden_orchestrator::config::Config, Error> {
+    let cfg = holden_orchestrator::config::load(file)?;
+    for (name, s) in cfg.services.iter().filter(|(_, s)| s.agent.is_none()) {
+        let c = &s.constraints;
+        holden_sys::users::resolve(Path::new("/"), c.user.as_deref(), c.group.as_deref(), 0)
+            .map_err(|source| Error::Account { file: file.into(), service: name.clone(), source })?;
+    }
+    Ok(cfg)
 }
 
 /// Runs the supervisor until a clean shutdown.

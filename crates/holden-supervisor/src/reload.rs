@@ -19,7 +19,8 @@ impl Supervisor {
         if self.shutting_down {
             return Err(ControlError::ReloadFailed { message: "shutting down".into() });
         }
-        let new = config::load(&self.config_path).map_err(|e| ControlError::ReloadFailed { message: e.to_string() })?;
+        let new =
+            crate::load_config(&self.config_path).map_err(|e| ControlError::ReloadFailed { message: e.to_string() })?;
         let old: BTreeMap<String, config::Service> =
             self.services.iter().map(|(n, s)| (n.clone(), s.cfg.clone())).collect();
         let services = &self.services;

@@ -106,6 +106,22 @@ impl Supervisor {
         if let (None, Some((soft, hard))) = (&cfg.agent, self.child_nofile) {
             cmd.rlimit("nofile", Some(soft), Some(hard));
         }
+        let c = &cfg.constraints;
+        if let Some(user) = &c.user {
+            cmd.user(user);
+        }
+        if let Some(group) = &c.group {
+            cmd.group(group);
+        }
+        if let Some(nice) = c.nice {
+            cmd.nice(nice);
+        }
+        if let Some(adj) = c.oom_score_adj {
+            cmd.oom_score_adj(adj);
+        }
+        for (resource, (soft, hard)) in &c.rlimits {
+            cmd.rlimit(resource, *soft, *hard);
+        }
         let mut pipes = Vec::new();
         for (which, out) in [("stdout", &cfg.stdout), ("stderr", &cfg.stderr)] {
             let stdio = match out {

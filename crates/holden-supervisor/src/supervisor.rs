@@ -230,7 +230,7 @@ fn new_run_id() -> String {
 impl Supervisor {
     /// Loads the configuration and sets up the socket, the signals and the state directory.
     pub fn new(o: Options) -> Result<Supervisor, Error> {
-        let cfg = config::load(&o.config)?;
+        let cfg = crate::load_config(&o.config)?;
         let socket_path = crate::control_socket_path(o.control_socket.as_deref(), cfg.control_socket.as_deref());
         let state_dir = crate::state_dir(cfg.state_dir.as_deref());
         let log_dir = state_dir.join("logs");

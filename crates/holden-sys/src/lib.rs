@@ -22,6 +22,7 @@ pub mod fd;
 mod features;
 pub mod process;
 pub mod socket;
+pub mod users;
 
 /// Turns a C-style `-1`/`errno` return into an `io::Result`.
 fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {

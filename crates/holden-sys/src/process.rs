@@ -53,6 +53,10 @@ pub enum Stage {
     Setsid,
     /// `setrlimit(2)`.
     Rlimit,
+    /// `setpriority(2)`: the nice value.
+    Nice,
+    /// Writing `/proc/self/oom_score_adj`.
+    OomScoreAdj,
     /// `setgroups(2)`, `setresgid(2)`, `setresuid(2)`: becoming the requested user.
     User,
     /// `chdir(2)` to the requested directory.
@@ -68,6 +72,8 @@ impl Stage {
             Stage::Stdio => "stdio",
             Stage::Setsid => "setsid",
             Stage::Rlimit => "rlimit",
+            Stage::Nice => "nice",
+            Stage::OomScoreAdj => "oom_score_adj",
             Stage::User => "user",
             Stage::Cwd => "cwd",
             Stage::Exec => "exec",
@@ -144,6 +150,10 @@ pub struct SpawnSpec<'a> {
     pub umask: Option<u32>,
     /// Resource limits to set.
     pub rlimits: &'a [Rlimit],
+    /// The nice value to set (-20 to 19), before the user changes.
+    pub nice: Option<i32>,
+    /// The OOM killer's score adjustment to set (-1000 to 1000), before the user changes.
+    pub oom_score_adj: Option<i32>,
     /// The user to become before `chdir` and `execve`; `None` keeps the caller's.
     pub user: Option<User<'a>>,
 }
@@ -173,6 +183,9 @@ struct ChildCtx<'a> {
     spec: &'a SpawnSpec<'a>,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
+    /// `oom_score_adj` as decimal text, formatted by the parent (the child must not allocate).
+    oom_text: [u8; 12],
+    oom_len: usize,
     failed_stage: Stage,
     errno: i32,
     failed: bool,
@@ -198,8 +211,25 @@ pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
         spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> =
         spec.envp.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
-    let mut ctx =
-        ChildCtx { spec, argv: argv.as_ptr(), envp: envp.as_ptr(), failed_stage: Stage::Exec, errno: 0, failed: false };
+    let mut oom_text = [0u8; 12];
+    let oom_len = match spec.oom_score_adj {
+        Some(v) => {
+            let text = v.to_string();
+            oom_text[..text.len()].copy_from_slice(text.as_bytes());
+            text.len()
+        }
+        None => 0,
+    };
+    let mut ctx = ChildCtx {
+        spec,
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+        oom_text,
+        oom_len,
+        failed_stage: Stage::Exec,
+        errno: 0,
+        failed: false,
+    };
     let mut stack = vec![0u8; CHILD_STACK_SIZE];
     // The stack grows down on every architecture Linux/Rust supports here; align the top to 16.
     let top = (stack.as_mut_ptr() as usize + CHILD_STACK_SIZE) & !15;
@@ -315,6 +345,24 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
             if libc::setrlimit(r.resource as _, &lim) < 0 {
                 fail(ctx, Stage::Rlimit, errno());
             }
+        }
+        // Both need privilege to lower (CAP_SYS_NICE, CAP_SYS_RESOURCE): set before the user
+        // changes.
+        if let Some(n) = spec.nice {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, n) < 0 {
+                fail(ctx, Stage::Nice, errno());
+            }
+        }
+        if ctx.oom_len > 0 {
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                fail(ctx, Stage::OomScoreAdj, errno());
+            }
+            let written = libc::write(fd, ctx.oom_text.as_ptr() as *const libc::c_void, ctx.oom_len);
+            if written != ctx.oom_len as isize {
+                fail(ctx, Stage::OomScoreAdj, if written < 0 { errno() } else { libc::EIO });
+            }
+            libc::close(fd);
         }
         // Raw system calls: glibc's wrappers would try to change every thread's credentials,
         // which a vfork child sharing the parent's memory must not attempt.

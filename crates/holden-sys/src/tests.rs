@@ -25,6 +25,8 @@ fn spawn(argv: &[&str]) -> Result<process::Spawned, SpawnError> {
         setsid: false,
         umask: None,
         rlimits: &[],
+        nice: None,
+        oom_score_adj: None,
         user: None,
     };
     process::spawn(&spec)

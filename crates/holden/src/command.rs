@@ -61,6 +61,10 @@ pub struct Command {
     setsid: bool,
     umask: Option<u32>,
     rlimits: Vec<(String, Option<u64>, Option<u64>)>,
+    user: Option<String>,
+    group: Option<String>,
+    nice: Option<i32>,
+    oom_score_adj: Option<i32>,
 }
 
 fn utf8<'a>(what: &str, s: &'a OsStr) -> Result<&'a str, Error> {
@@ -85,6 +89,10 @@ impl Command {
             setsid: false,
             umask: None,
             rlimits: Vec::new(),
+            user: None,
+            group: None,
+            nice: None,
+            oom_score_adj: None,
         }
     }
 
@@ -184,7 +192,47 @@ impl Command {
         self
     }
 
+    /// Runs the child as `user`, a name or a number: its uid, its primary group and the groups
+    /// that list it, from `/etc/passwd` and `/etc/group` (this system's for a local spawn, the
+    /// agent's for an agent spawn). Needs privilege (root, or an agent that runs your processes
+    /// as itself).
+    pub fn user(&mut self, user: &str) -> &mut Command {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// Runs the child with `group` (a name or a number) as its primary group: with
+    /// [`Command::user`], instead of the user's own; alone, with the current uid and only this
+    /// group.
+    pub fn group(&mut self, group: &str) -> &mut Command {
+        self.group = Some(group.into());
+        self
+    }
+
+    /// Sets the child's nice value (-20 to 19; lowering it needs `CAP_SYS_NICE`).
+    pub fn nice(&mut self, nice: i32) -> &mut Command {
+        self.nice = Some(nice);
+        self
+    }
+
+    /// Sets the child's `oom_score_adj` (-1000 to 1000; lowering it needs `CAP_SYS_RESOURCE`).
+    pub fn oom_score_adj(&mut self, adj: i32) -> &mut Command {
+        self.oom_score_adj = Some(adj);
+        self
+    }
+
     fn check(&self) -> Result<(), Error> {
+        if self.nice.is_some_and(|n| !(-20..=19).contains(&n)) {
+            return Err(Error::InvalidCommand("nice must be from -20 to 19".into()));
+        }
+        if self.oom_score_adj.is_some_and(|n| !(-1000..=1000).contains(&n)) {
+            return Err(Error::InvalidCommand("oom_score_adj must be from -1000 to 1000".into()));
+        }
+        for (what, v) in [("user", &self.user), ("group", &self.group)] {
+            if v.as_deref().is_some_and(|v| v.is_empty() || v.contains([':', '\n', '\0'])) {
+                return Err(Error::InvalidCommand(format!("{what} must be a name or a number")));
+            }
+        }
         if self.program.is_empty() {
             return Err(Error::InvalidCommand("the program name is empty".into()));
         }
@@ -244,6 +292,13 @@ impl Command {
                 hard: hard.unwrap_or(u64::MAX),
             })
             .collect();
+        let account = holden_sys::users::resolve(
+            std::path::Path::new("/"),
+            self.user.as_deref(),
+            self.group.as_deref(),
+            holden_sys::fd::geteuid(),
+        )
+        .map_err(|e| Error::InvalidCommand(e.to_string()))?;
         let spec = SpawnSpec {
             candidates: &candidates,
             argv: &argv,
@@ -253,7 +308,9 @@ impl Command {
             setsid: self.setsid,
             umask: self.umask,
             rlimits: &rlimits,
-            user: None,
+            nice: self.nice,
+            oom_score_adj: self.oom_score_adj,
+            user: account.as_ref().map(|a| process::User { uid: a.uid, gid: a.gid, groups: &a.groups }),
         };
         let prog = || String::from_utf8_lossy(program).into_owned();
         match process::spawn(&spec) {
@@ -348,6 +405,10 @@ impl Command {
                     .map(|(r, soft, hard)| WireRlimit { resource: r.clone(), soft: *soft, hard: *hard })
                     .collect()
             }),
+            user: self.user.clone(),
+            group: self.group.clone(),
+            nice: self.nice,
+            oom_score_adj: self.oom_score_adj,
         };
         Ok((params, fds))
     }

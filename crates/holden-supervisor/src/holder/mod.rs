@@ -318,8 +318,19 @@ fn start(socket: &Path, command: &[OsString]) -> io::Result<Spawned> {
     let candidates = process::exec_candidates(program.as_bytes(), path.as_ref().map(|p| p.as_bytes()));
     let null = OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| ctx(e, "open /dev/null"))?;
     let (argv, envp, candidates, stdio) = (&argv, &envp, &candidates, [Some(null.as_fd()); 3]);
-    let spec =
-        SpawnSpec { candidates, argv, envp, cwd: None, stdio, setsid: true, umask: None, rlimits: &[], user: None };
+    let spec = SpawnSpec {
+        candidates,
+        argv,
+        envp,
+        cwd: None,
+        stdio,
+        setsid: true,
+        umask: None,
+        rlimits: &[],
+        nice: None,
+        oom_score_adj: None,
+        user: None,
+    };
     let what = format!("start fd holder {}", program.to_string_lossy());
     process::spawn(&spec).map_err(|e| match e {
         SpawnError::Clone(e) => ctx(e, format!("{what}: clone")),
