@@ -194,6 +194,7 @@ impl Spawner {
             nice,
             oom_score_adj,
             user,
+            cgroup: None,
         };
         process::spawn(&spec).map_err(|e| {
             let prog = String::from_utf8_lossy(program);

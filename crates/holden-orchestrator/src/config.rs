@@ -25,8 +25,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use crate::constraints::Constraints;
 use crate::constraints::RawConstraints;
+pub use crate::constraints::{CgroupLimit, Constraints};
 
 /// The longest service name (it names files and keys; 128 is plenty).
 pub const MAX_NAME: usize = 128;
@@ -67,6 +67,9 @@ pub enum KillMode {
     Process,
     /// Its process group (the service is started in its own session).
     Group,
+    /// The main process, then every process of its cgroup at the stop deadline (`cgroup.kill`);
+    /// when the main process ends, whatever is left in the cgroup ends too. Needs cgroups.
+    Cgroup,
 }
 
 /// Where a service's stdout or stderr goes.
@@ -159,6 +162,19 @@ pub struct Config {
     pub agents: BTreeMap<String, Agent>,
     /// Services by name.
     pub services: BTreeMap<String, Service>,
+    /// Where services' cgroups go.
+    pub cgroup: CgroupSetting,
+}
+
+/// `[orchestrator] cgroup`: where the services' cgroups are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CgroupSetting {
+    /// Below the orchestrator's own cgroup when it is delegated to it (not the root cgroup).
+    Auto,
+    /// None: services stay in the orchestrator's cgroup; cgroup keys are errors.
+    Off,
+    /// Below this cgroup (a path under `/sys/fs/cgroup`, starting with `/`).
+    Path(PathBuf),
 }
 
 #[derive(Deserialize, Default)]
@@ -179,6 +195,7 @@ struct RawOrchestrator {
     state_dir: Option<PathBuf>,
     log_max_size: Option<Spanned<u64>>,
     log_keep: Option<Spanned<u32>>,
+    cgroup: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +227,14 @@ struct RawService {
     nice: Option<Spanned<i64>>,
     oom_score_adj: Option<Spanned<i64>>,
     rlimits: Option<Spanned<BTreeMap<String, toml::Value>>>,
+    memory_max: Option<Spanned<toml::Value>>,
+    memory_high: Option<Spanned<toml::Value>>,
+    memory_low: Option<Spanned<toml::Value>>,
+    cpu_max: Option<Spanned<toml::Value>>,
+    cpu_weight: Option<Spanned<toml::Value>>,
+    io_weight: Option<Spanned<toml::Value>>,
+    pids_max: Option<Spanned<toml::Value>>,
+    cpus: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -326,9 +351,36 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
             nice: &s.nice,
             oom_score_adj: &s.oom_score_adj,
             rlimits: &s.rlimits,
+            cgroup: [
+                ("memory_max", &s.memory_max),
+                ("memory_high", &s.memory_high),
+                ("memory_low", &s.memory_low),
+                ("cpu_max", &s.cpu_max),
+                ("cpu_weight", &s.cpu_weight),
+                ("io_weight", &s.io_weight),
+                ("pids_max", &s.pids_max),
+                ("cpus", &s.cpus),
+            ]
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_ref()?)))
+            .collect(),
         }
         .check(n)
         .map_err(|(span, m)| at(span, m))?;
+        if s.agent.is_some() {
+            // Cgroups through an agent (a cgroup descriptor in Spawn) are not there yet.
+            let key = constraints
+                .cgroup
+                .first()
+                .map(|l| l.key)
+                .or((s.kill_mode == Some(KillMode::Cgroup)).then_some("kill_mode"));
+            if let Some(key) = key {
+                return Err(at(
+                    name.span(),
+                    format!("service {n}: {key}: cgroups are not supported for agent services yet"),
+                ));
+            }
+        }
         let stop_signal = match &s.stop_signal {
             None => 15,
             Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(sig.span(), m))?,
@@ -400,6 +452,35 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         Some(v) if (1..=100).contains(v.get_ref()) => *v.get_ref(),
         Some(v) => return Err(at(v.span(), "log_keep must be from 1 to 100".into())),
     };
+    let cgroup = match &raw.orchestrator.cgroup {
+        None => CgroupSetting::Auto,
+        Some(v) => match v.get_ref().as_str() {
+            "auto" => CgroupSetting::Auto,
+            "off" => CgroupSetting::Off,
+            p if p.starts_with('/') && !p.split('/').any(|c| c == "..") && !p.contains('\0') => {
+                CgroupSetting::Path(p.into())
+            }
+            _ => return Err(at(v.span(), "cgroup must be \"auto\", \"off\" or an absolute cgroup path".into())),
+        },
+    };
+    if cgroup == CgroupSetting::Off {
+        for (name, s) in &services {
+            if let Some(l) = s.constraints.cgroup.first() {
+                let (span, _) = raw.orchestrator.cgroup.as_ref().map(|v| (v.span(), ())).unwrap_or((0..0, ()));
+                return Err(at(
+                    span,
+                    format!("service {name}: {} needs cgroups, which cgroup = \"off\" disables", l.key),
+                ));
+            }
+            if s.kill_mode == KillMode::Cgroup {
+                let span = raw.orchestrator.cgroup.as_ref().map_or(0..0, |v| v.span());
+                return Err(at(
+                    span,
+                    format!("service {name}: kill_mode = \"cgroup\" needs cgroups, which cgroup = \"off\" disables"),
+                ));
+            }
+        }
+    }
     Ok(Config {
         control_socket: raw.orchestrator.control_socket,
         state_dir: raw.orchestrator.state_dir,
@@ -407,6 +488,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         log_keep,
         agents: raw.agents.into_iter().map(|(k, a)| (k, Agent { socket: a.socket })).collect(),
         services,
+        cgroup,
     })
 }
 

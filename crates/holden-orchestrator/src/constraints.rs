@@ -1,6 +1,8 @@
 //! What a service's process is constrained to, applied by the caller at spawn: its user and
-//! group, nice value, OOM score adjustment and resource limits. They work on every kernel and
-//! for local and agent services alike (an agent resolves `user` and `group` in its container).
+//! group, nice value, OOM score adjustment and resource limits, which work on every kernel and
+//! for local and agent services alike (an agent resolves `user` and `group` in its container);
+//! and the limits of its cgroup v2 (`memory_max`, `cpu_max`, `pids_max`, ...), which need cgroup
+//! v2 with the controller.
 //!
 //! ```toml
 //! [services.web]
@@ -9,6 +11,14 @@
 //! nice = 5                   # -20..19
 //! oom_score_adj = 500        # -1000..1000
 //! rlimits = { nofile = 1024, core = 0, stack = "8388608:infinity" }   # N, "soft:hard"
+//! memory_max = "256M"        # memory.max: bytes, K/M/G suffixes, or "max"
+//! memory_high = "200M"       # memory.high
+//! memory_low = "64M"         # memory.low
+//! cpu_max = "50%"            # cpu.max as a share of one CPU ("150%": 1.5 CPUs), or "max"
+//! cpu_weight = 100           # cpu.weight, 1..10000
+//! io_weight = 100            # io.weight, 1..10000
+//! pids_max = 64              # pids.max, or "max"
+//! cpus = "0-1"               # cpuset.cpus
 //! ```
 
 use std::collections::BTreeMap;
@@ -28,6 +38,21 @@ pub struct Constraints {
     pub oom_score_adj: Option<i32>,
     /// Resource limits by `prlimit(1)` name: soft and hard, `None` for infinity.
     pub rlimits: BTreeMap<String, (Option<u64>, Option<u64>)>,
+    /// Values for files of the service's cgroup, in the order written.
+    pub cgroup: Vec<CgroupLimit>,
+}
+
+/// One value written to a file of a service's cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupLimit {
+    /// The configuration key (`memory_max`).
+    pub key: &'static str,
+    /// The controller it needs (`memory`).
+    pub controller: &'static str,
+    /// The file (`memory.max`).
+    pub file: &'static str,
+    /// What is written.
+    pub value: String,
 }
 
 /// The constraint keys of a `[services.NAME]` table, as written (borrowed from it).
@@ -37,7 +62,21 @@ pub(crate) struct RawConstraints<'a> {
     pub nice: &'a Option<Spanned<i64>>,
     pub oom_score_adj: &'a Option<Spanned<i64>>,
     pub rlimits: &'a Option<Spanned<BTreeMap<String, toml::Value>>>,
+    /// The cgroup keys present, by name.
+    pub cgroup: Vec<(&'static str, &'a Spanned<toml::Value>)>,
 }
+
+/// The cgroup keys: configuration key, controller, file.
+pub(crate) const CGROUP_KEYS: [(&str, &str, &str); 8] = [
+    ("memory_max", "memory", "memory.max"),
+    ("memory_high", "memory", "memory.high"),
+    ("memory_low", "memory", "memory.low"),
+    ("cpu_max", "cpu", "cpu.max"),
+    ("cpu_weight", "cpu", "cpu.weight"),
+    ("io_weight", "io", "io.weight"),
+    ("pids_max", "pids", "pids.max"),
+    ("cpus", "cpuset", "cpuset.cpus"),
+];
 
 /// A checking error: where (the key's span) and what.
 pub(crate) type Failure = (std::ops::Range<usize>, String);
@@ -74,8 +113,68 @@ impl RawConstraints<'_> {
                 c.rlimits.insert(resource.clone(), (soft, hard));
             }
         }
+        for (key, v) in &self.cgroup {
+            let (_, controller, file) = CGROUP_KEYS.iter().find(|(k, _, _)| k == key).expect("a cgroup key");
+            let value =
+                cgroup_value(key, v.get_ref()).map_err(|m| (v.span(), format!("service {name}: {key}: {m}")))?;
+            c.cgroup.push(CgroupLimit { key, controller, file, value });
+        }
         Ok(c)
     }
+}
+
+/// The text written to a cgroup file for configuration key `key`.
+fn cgroup_value(key: &str, v: &toml::Value) -> Result<String, String> {
+    let text = v.as_str().map(str::trim);
+    match key {
+        "memory_max" | "memory_high" | "memory_low" => match (v, text) {
+            (toml::Value::Integer(n), _) if *n >= 0 => Ok(n.to_string()),
+            (_, Some("max")) => Ok("max".into()),
+            (_, Some(t)) => parse_size(t).map(|n| n.to_string()),
+            _ => Err("must be a size (bytes, or a number with K, M or G) or \"max\"".into()),
+        },
+        "cpu_max" => match text {
+            Some("max") => Ok("max 100000".into()),
+            Some(t) => {
+                let pct: f64 = t
+                    .strip_suffix('%')
+                    .and_then(|p| p.trim().parse().ok())
+                    .ok_or("must be a percentage of one CPU (\"50%\") or \"max\"")?;
+                if !(1.0..=100_000.0).contains(&pct) {
+                    return Err("must be from 1% to 100000%".into());
+                }
+                Ok(format!("{} 100000", (pct * 1000.0).round() as u64))
+            }
+            None => Err("must be a percentage of one CPU (\"50%\") or \"max\"".into()),
+        },
+        "cpu_weight" | "io_weight" => match v.as_integer() {
+            Some(n) if (1..=10_000).contains(&n) && key == "io_weight" => Ok(format!("default {n}")),
+            Some(n) if (1..=10_000).contains(&n) => Ok(n.to_string()),
+            _ => Err("must be an integer from 1 to 10000".into()),
+        },
+        "pids_max" => match (v, text) {
+            (toml::Value::Integer(n), _) if *n >= 1 => Ok(n.to_string()),
+            (_, Some("max")) => Ok("max".into()),
+            _ => Err("must be a positive integer or \"max\"".into()),
+        },
+        _ => match text {
+            // cpus: a CPU list as cpuset.cpus takes it ("0-1", "0,2-3").
+            Some(t) if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit() || c == ',' || c == '-') => Ok(t.into()),
+            _ => Err("must be a CPU list such as \"0-1\" or \"0,2\"".into()),
+        },
+    }
+}
+
+/// A size: bytes, or a number with a K, M or G suffix (powers of 1024).
+fn parse_size(t: &str) -> Result<u64, String> {
+    let (num, scale) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("{t:?} is not a size (bytes, or a number with K, M or G)"))?;
+    n.checked_mul(scale).ok_or_else(|| format!("{t:?} is too large"))
 }
 
 /// An rlimit value: `N` (soft and hard), `"infinity"`, or `"SOFT:HARD"` with each part a number

@@ -81,6 +81,8 @@ pub enum Exit {
     /// Ended, but how is not known: an adopted process whose status the kernel no longer
     /// holds (no `PIDFD_INFO_EXIT`, or not reaped by its parent). Counts as a failure.
     Unknown,
+    /// Killed by the OOM killer at its cgroup's memory limit. Counts as a failure.
+    OomKilled,
 }
 
 impl Exit {

@@ -73,6 +73,9 @@ impl Supervisor {
         let svc = &self.services[name];
         if svc.idle() {
             if svc.removing {
+                if let Some(cg) = &self.cgroups {
+                    cg.remove(name);
+                }
                 self.services.remove(name);
                 self.order.retain(|n| n != name);
             } else if svc.replacement.is_some() {
@@ -140,6 +143,10 @@ impl Supervisor {
             },
             _ => process::pidfd_send_signal(proc.pidfd(), sig),
         };
+        // At the deadline, everything in the service's cgroup goes with it.
+        if let (KillMode::Cgroup, libc::SIGKILL, Some(cg)) = (svc.cfg.kill_mode, sig, &self.cgroups) {
+            cg.kill(name);
+        }
         // ESRCH: it has just ended; its pidfd will say so.
         if let Err(e) = r {
             if e.raw_os_error() != Some(libc::ESRCH) {

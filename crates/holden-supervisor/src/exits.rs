@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
+use holden_orchestrator::config::KillMode;
 use holden_orchestrator::machine::{Event, Exit};
 use holden_sys::event::READABLE;
 use holden_sys::process;
@@ -67,6 +68,7 @@ pub(crate) fn exit_text(e: Exit) -> String {
         Exit::Code(c) => format!("code {c}"),
         Exit::Signal(s) => format!("signal {}", crate::text::signal_name(s)),
         Exit::Unknown => "unknown".into(),
+        Exit::OomKilled => "oom-killed".into(),
     }
 }
 
@@ -95,12 +97,30 @@ impl Supervisor {
             }
         };
         svc.exit_check = None;
+        let exit = self.cgroup_exit(name, exit);
         self.unwatch_pidfd(name);
         let svc = self.services.get_mut(name).expect("present");
         svc.proc = None;
         svc.identity = None;
         svc.start_time = None;
         self.feed(name, Event::Exited(exit));
+    }
+
+    /// A local service's exit as its cgroup tells it: a SIGKILL while the OOM killer struck
+    /// there is `oom-killed`; with `kill_mode = "cgroup"`, what the main process left in the
+    /// cgroup is killed.
+    fn cgroup_exit(&self, name: &str, exit: Exit) -> Exit {
+        let (Some(cg), Some(svc)) = (&self.cgroups, self.services.get(name)) else { return exit };
+        if svc.cfg.agent.is_some() {
+            return exit;
+        }
+        if svc.cfg.kill_mode == KillMode::Cgroup && cg.populated(name) {
+            cg.kill(name);
+        }
+        if exit == Exit::Signal(libc::SIGKILL) && cg.oom_kills(name) > svc.oom_base {
+            return Exit::OomKilled;
+        }
+        exit
     }
 
     /// Adds the service's pidfd to the epoll set.

@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 
 mod adopt;
+mod cgroups;
 mod conn;
 pub mod control;
 mod drive;
@@ -90,6 +91,9 @@ pub enum Error {
         #[source]
         source: holden_sys::users::LookupError,
     },
+    /// Cgroups are needed and cannot be had (cgroup v1, the root cgroup, a missing controller).
+    #[error("{0}")]
+    Cgroup(String),
     /// Another supervisor serves the control socket.
     #[error("another orchestrator is already listening on {}", .0.display())]
     AlreadyServed(PathBuf),

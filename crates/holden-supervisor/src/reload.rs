@@ -21,6 +21,12 @@ impl Supervisor {
         }
         let new =
             crate::load_config(&self.config_path).map_err(|e| ControlError::ReloadFailed { message: e.to_string() })?;
+        if self.cgroups.is_none() {
+            if let Some((name, l)) = new.services.iter().find_map(|(n, s)| Some((n, s.constraints.cgroup.first()?))) {
+                let message = format!("service {name}: {} needs cgroups, which this orchestrator does not use", l.key);
+                return Err(ControlError::ReloadFailed { message });
+            }
+        }
         let old: BTreeMap<String, config::Service> =
             self.services.iter().map(|(n, s)| (n.clone(), s.cfg.clone())).collect();
         let services = &self.services;

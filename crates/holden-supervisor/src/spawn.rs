@@ -162,6 +162,19 @@ impl Supervisor {
             }
         }
         let Some(agent) = &cfg.agent else {
+            if let Some(cg) = &self.cgroups {
+                match cg.prepare(name, &c.cgroup) {
+                    Ok(dir) => {
+                        cmd.cgroup(dir);
+                        let base = cg.oom_kills(name);
+                        self.services.get_mut(name).expect("present").oom_base = base;
+                    }
+                    Err(e) => {
+                        let error = format!("cgroup {name}: {e}");
+                        return self.feed(name, Event::SpawnFailed { error, transient: false });
+                    }
+                }
+            }
             let result = cmd.spawn();
             // The pipes' write ends now live only in the child.
             drop(cmd);

@@ -58,6 +58,8 @@ pub(crate) struct Svc {
     pub(crate) replacement: Option<(config::Service, bool)>,
     /// Removed by a reload: dropped once stopped.
     pub(crate) removing: bool,
+    /// The OOM kills in its cgroup when it was spawned.
+    pub(crate) oom_base: u64,
 }
 
 impl Svc {
@@ -76,6 +78,7 @@ impl Svc {
             stopped_by_hand: false,
             replacement: None,
             removing: false,
+            oom_base: 0,
         }
     }
 
@@ -168,6 +171,8 @@ pub struct Supervisor {
     pub(crate) in_shutdown_pass: bool,
     /// The descriptor limit local services get (the one this process started with).
     pub(crate) child_nofile: Option<(u64, u64)>,
+    /// Local services' cgroups, where they are used.
+    pub(crate) cgroups: Option<crate::cgroups::Cgroups>,
     /// The state directory's lock, held for the supervisor's life.
     _lock: std::fs::File,
 }
@@ -231,6 +236,7 @@ impl Supervisor {
     /// Loads the configuration and sets up the socket, the signals and the state directory.
     pub fn new(o: Options) -> Result<Supervisor, Error> {
         let cfg = crate::load_config(&o.config)?;
+        let cgroups = crate::cgroups::Cgroups::setup(&cfg)?;
         let socket_path = crate::control_socket_path(o.control_socket.as_deref(), cfg.control_socket.as_deref());
         let state_dir = crate::state_dir(cfg.state_dir.as_deref());
         let log_dir = state_dir.join("logs");
@@ -304,6 +310,7 @@ impl Supervisor {
             shutting_down: false,
             in_shutdown_pass: false,
             child_nofile,
+            cgroups,
             _lock: lock,
         })
     }
@@ -420,6 +427,9 @@ impl Supervisor {
         // The holder first: it is our child, and would otherwise be ended as a stray.
         if let Some(h) = self.holder.take() {
             h.shutdown();
+        }
+        if let Some(cg) = &self.cgroups {
+            cg.teardown();
         }
         self.end_strays();
         self.notify.send("STATUS=stopped");

@@ -47,6 +47,8 @@ impl Exit {
 /// The stage of child set-up at which a spawn failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
+    /// Joining the requested cgroup (writing to its `cgroup.procs`).
+    Cgroup,
     /// Putting the requested descriptors on 0, 1 and 2.
     Stdio,
     /// `setsid(2)`.
@@ -69,6 +71,7 @@ impl Stage {
     /// A short lower-case name, as used in error messages and on the wire.
     pub fn name(self) -> &'static str {
         match self {
+            Stage::Cgroup => "cgroup",
             Stage::Stdio => "stdio",
             Stage::Setsid => "setsid",
             Stage::Rlimit => "rlimit",
@@ -156,6 +159,9 @@ pub struct SpawnSpec<'a> {
     pub oom_score_adj: Option<i32>,
     /// The user to become before `chdir` and `execve`; `None` keeps the caller's.
     pub user: Option<User<'a>>,
+    /// A cgroup v2 directory the child joins first, before anything else runs in it: it writes
+    /// `0` to the directory's `cgroup.procs`, so it never runs unconfined.
+    pub cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// Credentials for a spawned process.
@@ -312,6 +318,16 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         let dfl = [0u64; 4];
         for sig in 1..=64 {
             libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
+        }
+        if let Some(dir) = spec.cgroup {
+            let fd = libc::openat(dir.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                fail(ctx, Stage::Cgroup, errno());
+            }
+            if libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
+                fail(ctx, Stage::Cgroup, errno());
+            }
+            libc::close(fd);
         }
         // Stdio: first lift any source that sits on 0..2 out of the way, then dup2 into place.
         let mut src: [RawFd; 3] = [-1; 3];

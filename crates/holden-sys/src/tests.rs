@@ -28,6 +28,7 @@ fn spawn(argv: &[&str]) -> Result<process::Spawned, SpawnError> {
         nice: None,
         oom_score_adj: None,
         user: None,
+        cgroup: None,
     };
     process::spawn(&spec)
 }

@@ -65,6 +65,7 @@ pub struct Command {
     group: Option<String>,
     nice: Option<i32>,
     oom_score_adj: Option<i32>,
+    cgroup: Option<OwnedFd>,
 }
 
 fn utf8<'a>(what: &str, s: &'a OsStr) -> Result<&'a str, Error> {
@@ -93,6 +94,7 @@ impl Command {
             group: None,
             nice: None,
             oom_score_adj: None,
+            cgroup: None,
         }
     }
 
@@ -221,6 +223,14 @@ impl Command {
         self
     }
 
+    /// Makes the child join a cgroup v2 before it runs anything: `dir` is the cgroup's directory,
+    /// opened (read-only) by the caller, who creates the cgroup and sets its limits. Local spawns
+    /// only, for now: an agent spawn with a cgroup is an error.
+    pub fn cgroup(&mut self, dir: OwnedFd) -> &mut Command {
+        self.cgroup = Some(dir);
+        self
+    }
+
     fn check(&self) -> Result<(), Error> {
         if self.nice.is_some_and(|n| !(-20..=19).contains(&n)) {
             return Err(Error::InvalidCommand("nice must be from -20 to 19".into()));
@@ -311,6 +321,7 @@ impl Command {
             nice: self.nice,
             oom_score_adj: self.oom_score_adj,
             user: account.as_ref().map(|a| process::User { uid: a.uid, gid: a.gid, groups: &a.groups }),
+            cgroup: self.cgroup.as_ref().map(|fd| fd.as_fd()),
         };
         let prog = || String::from_utf8_lossy(program).into_owned();
         match process::spawn(&spec) {
@@ -349,6 +360,9 @@ impl Command {
 
     /// The `Spawn` parameters and the descriptors they index.
     fn wire<'a>(&'a self, null: Option<&'a File>) -> Result<(SpawnParams, Vec<BorrowedFd<'a>>), Error> {
+        if self.cgroup.is_some() {
+            return Err(Error::InvalidCommand("a cgroup is not supported through an agent yet".into()));
+        }
         let argv = std::iter::once(&self.program)
             .chain(&self.args)
             .map(|a| utf8("argument", a).map(str::to_owned))

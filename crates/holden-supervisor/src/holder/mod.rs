@@ -330,6 +330,7 @@ fn start(socket: &Path, command: &[OsString]) -> io::Result<Spawned> {
         nice: None,
         oom_score_adj: None,
         user: None,
+        cgroup: None,
     };
     let what = format!("start fd holder {}", program.to_string_lossy());
     process::spawn(&spec).map_err(|e| match e {

@@ -1,0 +1,146 @@
+//! Per-service cgroups in `holden up`, on cgroup v2 (the VM guests of `make vm-test`): a memory
+//! limit that OOM-kills (`oom-killed`, restarted by policy), a pids limit that stops a fork
+//! storm while the orchestrator goes on, a CPU limit that holds a busy loop to its share,
+//! `kill_mode = "cgroup"` that stops a double-forking service whole, and nothing left under the
+//! cgroup after shutdown. On a host without cgroup v2 (this machine is cgroup v1 hybrid), the
+//! same configuration is refused at start-up with an error naming the key. Needs root.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// One test at a time: they measure CPU time and fill memory.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn cgroup_v2() -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some("/sys/fs/cgroup") && l.split(' ').nth(2) == Some("cgroup2"))
+}
+
+/// A cgroup path of this test's own, and its directory.
+fn base(tag: &str) -> (String, PathBuf) {
+    let path = format!("/holden-test-{tag}-{}", std::process::id());
+    let dir = PathBuf::from(format!("/sys/fs/cgroup{path}"));
+    (path, dir)
+}
+
+fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+#[test]
+fn cgroup_limits_hold_and_nothing_is_left_after_shutdown() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Dir::new("cgroups");
+    let (path, cgroup) = base("limits");
+    let services = format!(
+        r#"cgroup = "{path}"
+
+[services.hog]
+command = ["sh", "-c", "x=0123456789abcdef; while :; do x=$x$x; done"]
+memory_max = "24M"
+backoff = {{ initial = "100ms", max = "200ms" }}
+start_limit = {{ burst = 100, interval = "60s" }}
+
+[services.forker]
+command = ["sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done; wait"]
+pids_max = 8
+
+[services.spinner]
+command = ["sh", "-c", "while :; do :; done"]
+cpu_max = "20%"
+
+[services.daemon]
+command = ["sh", "-c", "setsid sh -c 'exec sleep 1003' </dev/null >/dev/null 2>&1 & exec sleep 1004"]
+kill_mode = "cgroup"
+"#
+    );
+    if !cgroup_v2() {
+        // The clear error, before anything starts.
+        write_config(&dir, &services);
+        let out =
+            Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("holden.toml")).stdin(Stdio::null()).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("service daemon: kill_mode = \"cgroup\" needs cgroups") && err.contains("not cgroup v2"), "{err}");
+        println!("no cgroup v2 here: the error is {err:?}; make vm-test runs the limits");
+        return;
+    }
+    let up = Up::start(&dir, &services);
+    let svc = |name: &str| cgroup.join("services").join(name);
+
+    // memory_max: OOM-killed, shown as such, and restarted by the policy.
+    let s = up.wait_for("hog", "oom-killed", |s| s["last_exit"] == "oom-killed" && s["restarts"].as_u64() >= Some(1));
+    assert_eq!(s["last_exit"], "oom-killed", "{}", up.output());
+    assert_eq!(read(&svc("hog").join("memory.max")).trim(), (24 << 20).to_string());
+    assert!(up.output().contains("hog: backing-off (last exit: oom-killed)"), "{}", up.output());
+
+    // pids_max: the storm stops at 8 processes; the orchestrator and the others go on.
+    wait_until(
+        "forker fills its pids.max",
+        Duration::from_secs(10),
+        || read(&svc("forker").join("pids.current")).trim() == "8",
+        || read(&svc("forker").join("pids.events")),
+    );
+    assert!(read(&svc("forker").join("pids.events")).contains("max "), "{}", read(&svc("forker").join("pids.events")));
+    assert!(up.cli(&["status"]).status.success());
+
+    // cpu_max: the busy loop gets about a fifth of a CPU over 2 s.
+    let usage = || -> u64 {
+        read(&svc("spinner").join("cpu.stat"))
+            .lines()
+            .find_map(|l| l.strip_prefix("usage_usec ")?.parse().ok())
+            .unwrap()
+    };
+    up.wait_state("spinner", "running");
+    let (u0, t0) = (usage(), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let share = (usage() - u0) as f64 / t0.elapsed().as_micros() as f64;
+    println!("spinner used {:.1}% of a CPU with cpu_max = 20%", share * 100.0);
+    assert!(share > 0.05 && share < 0.30, "cpu share {share:.3}");
+
+    // kill_mode = "cgroup": the stop takes the daemon it forked too.
+    up.wait_state("daemon", "running");
+    wait_until(
+        "both sleeps in the cgroup",
+        Duration::from_secs(5),
+        || read(&svc("daemon").join("cgroup.procs")).lines().count() == 2,
+        || read(&svc("daemon").join("cgroup.procs")),
+    );
+    assert!(up.cli(&["stop", "daemon"]).status.success());
+    up.wait_state("daemon", "stopped");
+    wait_until(
+        "the daemon's cgroup is empty",
+        Duration::from_secs(5),
+        || read(&svc("daemon").join("cgroup.events")).contains("populated 0"),
+        String::new,
+    );
+    assert_eq!(dir.count(&["sleep", "1003"]), 0, "the double-forked daemon was stopped with its service");
+
+    up.stop(&dir, &[]);
+    assert!(!cgroup.exists(), "{} is left after shutdown", cgroup.display());
+}
+
+#[test]
+fn a_cgroup_limit_for_an_agent_service_or_with_cgroups_off_is_a_config_error() {
+    let dir = Dir::new("cgroups-config");
+    for (config, needle) in [
+        (
+            "[agents.qm]\nsocket = \"/run/qm.sock\"\n[services.s]\ncommand = [\"true\"]\nagent = \"qm\"\nmemory_max = \"1G\"\n",
+            "memory_max: cgroups are not supported for agent services yet",
+        ),
+        ("cgroup = \"off\"\n[services.s]\ncommand = [\"true\"]\npids_max = 5\n", "pids_max needs cgroups, which cgroup = \"off\" disables"),
+        ("[services.s]\ncommand = [\"true\"]\ncpu_max = \"fast\"\n", "cpu_max: must be a percentage"),
+        ("[services.s]\ncommand = [\"true\"]\nmemory_max = \"lots\"\n", "\"lots\" is not a size"),
+        ("cgroup = \"../x\"\n[services.s]\ncommand = [\"true\"]\n", "cgroup must be \"auto\", \"off\" or an absolute cgroup path"),
+    ] {
+        write_config(&dir, config);
+        let out = Command::new(HOLDEN).args(["check", "-c"]).arg(dir.path("holden.toml")).output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{config}");
+        assert!(stderr(&out).contains(needle), "{config}: {}", stderr(&out));
+    }
+}

@@ -1,0 +1,228 @@
+//! Services' cgroups (cgroup v2), for local services.
+//!
+//! Where: `[orchestrator] cgroup`. `"auto"` (the default) uses the orchestrator's own cgroup
+//! when it is delegated to it (not the root cgroup; systemd's `Delegate=yes`): the orchestrator
+//! moves itself into the leaf `supervisor` so that controllers can be enabled below. A path uses
+//! that cgroup (created if missing). Either way each service gets `BASE/services/NAME`, with
+//! the controllers the base offers enabled, and its limits written before it is spawned into it:
+//! the child joins its cgroup before it runs anything (`holden::Command::cgroup`).
+//!
+//! Where cgroup v2 or a controller is missing (a cgroup v1 or hybrid host, the root cgroup), a
+//! service that asks for a cgroup limit is an error at start-up naming the key and what is
+//! missing; without such a service, cgroups are simply not used.
+//!
+//! Cgroups of removed services are removed, and at shutdown `services/` and everything below it
+//! (and a base this supervisor created).
+
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use holden_orchestrator::config::{CgroupSetting, Config, KillMode};
+
+use crate::Error;
+
+/// Where cgroup v2 is mounted.
+const ROOT: &str = "/sys/fs/cgroup";
+/// The controllers enabled for services, where the base offers them.
+const CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "io", "memory", "pids"];
+
+/// The services' cgroups.
+#[derive(Debug)]
+pub(crate) struct Cgroups {
+    /// `BASE/services`.
+    services: PathBuf,
+    /// The base, if this supervisor created it (removed at shutdown).
+    created_base: Option<PathBuf>,
+}
+
+fn err(what: String) -> impl FnOnce(io::Error) -> Error {
+    move |source| Error::Setup { what, source }
+}
+
+fn cgroup_error(message: String) -> Error {
+    Error::Cgroup(message)
+}
+
+/// This process's cgroup v2 path (`/` for the root), if `/sys/fs/cgroup` is cgroup v2.
+fn own_cgroup() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    if !mounts.lines().any(|l| l.split(' ').nth(1) == Some(ROOT) && l.split(' ').nth(2) == Some("cgroup2")) {
+        return None;
+    }
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    own.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_owned)
+}
+
+fn enable(dir: &Path, controllers: &[&str]) -> io::Result<()> {
+    for c in controllers {
+        std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"))?;
+    }
+    Ok(())
+}
+
+fn offered(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Cgroups {
+    /// Sets up the services' cgroups as `cfg` asks; `None` where they are not used.
+    pub(crate) fn setup(cfg: &Config) -> Result<Option<Cgroups>, Error> {
+        // The first key that needs cgroups, for the error message.
+        let needed = cfg.services.iter().find_map(|(name, s)| {
+            s.constraints.cgroup.first().map(|l| format!("service {name}: {}", l.key)).or_else(|| {
+                (s.kill_mode == KillMode::Cgroup).then(|| format!("service {name}: kill_mode = \"cgroup\""))
+            })
+        });
+        let missing = |why: &str| match &needed {
+            Some(what) => Err(cgroup_error(format!("{what} needs cgroups: {why}"))),
+            None => Ok(None),
+        };
+        if cfg.cgroup == CgroupSetting::Off {
+            return Ok(None);
+        }
+        let Some(own) = own_cgroup() else {
+            return missing("/sys/fs/cgroup is not cgroup v2 (a cgroup v1 or hybrid system)");
+        };
+        let (base, created_base) = match &cfg.cgroup {
+            CgroupSetting::Off => unreachable!("handled above"),
+            CgroupSetting::Auto => {
+                if own == "/" {
+                    return missing(
+                        "the orchestrator runs in the root cgroup; run it in a delegated cgroup (systemd's \
+                         Delegate=yes) or set [orchestrator] cgroup to a path",
+                    );
+                }
+                let base = PathBuf::from(format!("{ROOT}{own}"));
+                // Move into a leaf, so that controllers can be enabled for the base's children.
+                let leaf = base.join("supervisor");
+                if let Err(e) = std::fs::create_dir_all(&leaf)
+                    .and_then(|()| std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()))
+                {
+                    return missing(&format!("its cgroup {} is not delegated to it ({e})", base.display()));
+                }
+                (base, None)
+            }
+            CgroupSetting::Path(p) => {
+                let base = Path::new(ROOT).join(p.strip_prefix("/").unwrap_or(p));
+                let created = !base.exists();
+                // Every ancestor passes the controllers down (as far as it can).
+                let mut dir = PathBuf::from(ROOT);
+                for part in p.components().skip(1) {
+                    let offer: Vec<String> = offered(&dir);
+                    let wanted: Vec<&str> =
+                        CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
+                    let _ = enable(&dir, &wanted);
+                    dir.push(part);
+                }
+                std::fs::create_dir_all(&base).map_err(err(format!("create cgroup {}", base.display())))?;
+                (base.clone(), created.then_some(base))
+            }
+        };
+        let offer = offered(&base);
+        let wanted: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
+        enable(&base, &wanted).map_err(err(format!("enable controllers in {}", base.display())))?;
+        let services = base.join("services");
+        std::fs::create_dir_all(&services).map_err(err(format!("create cgroup {}", services.display())))?;
+        enable(&services, &wanted).map_err(err(format!("enable controllers in {}", services.display())))?;
+        for (name, s) in &cfg.services {
+            if let Some(l) = s.constraints.cgroup.iter().find(|l| !wanted.contains(&l.controller)) {
+                return Err(cgroup_error(format!(
+                    "service {name}: {} needs the {} controller, which {} does not offer",
+                    l.key,
+                    l.controller,
+                    base.display()
+                )));
+            }
+        }
+        Ok(Some(Cgroups { services, created_base }))
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.services.join(name)
+    }
+
+    /// Creates (or reuses) service `name`'s cgroup, writes its limits, and opens it for
+    /// [`holden::Command::cgroup`].
+    pub(crate) fn prepare(
+        &self,
+        name: &str,
+        limits: &[holden_orchestrator::config::CgroupLimit],
+    ) -> io::Result<OwnedFd> {
+        let dir = self.dir(name);
+        match std::fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        for l in limits {
+            std::fs::write(dir.join(l.file), &l.value)
+                .map_err(|e| io::Error::new(e.kind(), format!("{} = {:?} ({}): {e}", l.key, l.value, l.file)))?;
+        }
+        Ok(std::fs::File::open(&dir)?.into())
+    }
+
+    /// How many times the OOM killer has killed in service `name`'s cgroup.
+    pub(crate) fn oom_kills(&self, name: &str) -> u64 {
+        let events = std::fs::read_to_string(self.dir(name).join("memory.events")).unwrap_or_default();
+        events.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+    }
+
+    /// Whether any process is left in service `name`'s cgroup.
+    pub(crate) fn populated(&self, name: &str) -> bool {
+        let events = std::fs::read_to_string(self.dir(name).join("cgroup.events")).unwrap_or_default();
+        events.lines().any(|l| l == "populated 1")
+    }
+
+    /// SIGKILLs every process in service `name`'s cgroup: `cgroup.kill` (Linux 5.14), else each
+    /// process of `cgroup.procs` through a pidfd.
+    pub(crate) fn kill(&self, name: &str) {
+        let dir = self.dir(name);
+        if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+            return;
+        }
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+            if let Ok(fd) = holden_sys::process::pidfd_open(pid) {
+                let _ = holden_sys::process::pidfd_send_signal(&fd, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Removes service `name`'s cgroup if it is empty; `false` if it is still in use.
+    pub(crate) fn remove(&self, name: &str) -> bool {
+        match std::fs::remove_dir(self.dir(name)) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
+    }
+
+    /// At shutdown: removes every service's cgroup, `services/`, and a base this supervisor
+    /// created. What is still populated is killed first.
+    pub(crate) fn teardown(&self) {
+        let names: Vec<String> = std::fs::read_dir(&self.services)
+            .map(|d| {
+                d.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect()
+            })
+            .unwrap_or_default();
+        for name in &names {
+            if self.populated(name) {
+                self.kill(name);
+            }
+        }
+        for name in &names {
+            // A killed process leaves its cgroup within moments.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            while !self.remove(name) && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+        let _ = std::fs::remove_dir(&self.services);
+        if let Some(base) = &self.created_base {
+            let _ = std::fs::remove_dir(base);
+        }
+    }
+}
