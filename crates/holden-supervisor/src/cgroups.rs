@@ -7,9 +7,9 @@
 //! the controllers the base offers enabled, and its limits written before it is spawned into it:
 //! the child joins its cgroup before it runs anything (`holden::Command::cgroup`).
 //!
-//! Where cgroup v2 or a controller is missing (a cgroup v1 or hybrid host, the root cgroup), a
-//! service that asks for a cgroup limit is an error at start-up naming the key and what is
-//! missing; without such a service, cgroups are simply not used.
+//! Cgroups are set up only when a service asks for one (a cgroup key or `kill_mode =
+//! "cgroup"`). Where cgroup v2 or a controller is missing (a cgroup v1 or hybrid host, the root
+//! cgroup), such a service is an error at start-up naming the key and what is missing.
 //!
 //! Cgroups of removed services are removed, and at shutdown `services/` and everything below it
 //! (and a base this supervisor created).
@@ -82,7 +82,8 @@ impl Cgroups {
             Some(what) => Err(cgroup_error(format!("{what} needs cgroups: {why}"))),
             None => Ok(None),
         };
-        if cfg.cgroup == CgroupSetting::Off {
+        if cfg.cgroup == CgroupSetting::Off || needed.is_none() {
+            // Nothing asks for a cgroup: the orchestrator's own is left as it is.
             return Ok(None);
         }
         let Some(own) = own_cgroup() else {
