@@ -507,8 +507,9 @@ impl Server {
                 };
                 let c = &self.conns[&id];
                 let run_as = self.policy.run_as(&c.cred);
-                if run_as.is_some() && (params.user.is_some() || params.group.is_some()) {
-                    // Processes of this caller run as the caller: it may not choose another user.
+                if run_as.is_some() && (params.user.is_some() || params.group.is_some() || params.cgroup.is_some()) {
+                    // Processes of this caller run as the caller: it may not choose another user,
+                    // nor have the agent move its child into a cgroup of its choosing.
                     return err(AgentError::PermissionDenied { uid: c.cred.uid });
                 }
                 match self.spawner.spawn(&params, &fds, run_as) {

@@ -29,6 +29,7 @@ struct Setup<'a> {
     nice: Option<i32>,
     oom_score_adj: Option<i32>,
     user: Option<User<'a>>,
+    cgroup: Option<BorrowedFd<'a>>,
 }
 
 /// Text of an errno in the house style: lower-case, no "(os error N)".
@@ -125,6 +126,7 @@ impl Spawner {
             nice: p.nice,
             oom_score_adj: p.oom_score_adj,
             user,
+            cgroup: p.cgroup.map(|i| fds[i as usize].as_fd()),
         };
         self.run(&argv, envp, path, cwd.as_deref(), stdio, setup)
     }
@@ -137,8 +139,15 @@ impl Spawner {
             .map(|a| CString::new(a).expect("legacy strings end at their NUL"))
             .collect::<Vec<_>>();
         let stdio = [Some(self.devnull.as_fd()), None, None];
-        let setup =
-            Setup { setsid: false, umask: None, rlimits: &self.default_rlimits, nice: None, oom_score_adj: None, user };
+        let setup = Setup {
+            setsid: false,
+            umask: None,
+            rlimits: &self.default_rlimits,
+            nice: None,
+            oom_score_adj: None,
+            user,
+            cgroup: None,
+        };
         self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, setup)
     }
 
@@ -181,7 +190,7 @@ impl Spawner {
         let program = argv[0].as_bytes();
         // PATH lookup uses the child's own PATH, as std::process::Command does.
         let candidates = process::exec_candidates(program, path);
-        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user } = setup;
+        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user, cgroup } = setup;
         let spec = SpawnSpec {
             candidates: &candidates,
             argv,
@@ -194,7 +203,7 @@ impl Spawner {
             nice,
             oom_score_adj,
             user,
-            cgroup: None,
+            cgroup,
         };
         process::spawn(&spec).map_err(|e| {
             let prog = String::from_utf8_lossy(program);

@@ -78,7 +78,9 @@ fn bad_constraints_are_named_errors() {
         holden::Command::new("true").nice(20).spawn_via(&mut client),
         Err(holden::Error::InvalidCommand(_))
     ));
-    for (param, value) in [("nice", "-21"), ("oom_score_adj", "1001"), ("user", "\"a:b\""), ("group", "\"\"")] {
+    for (param, value) in
+        [("nice", "-21"), ("oom_score_adj", "1001"), ("user", "\"a:b\""), ("group", "\"\""), ("cgroup", "0")]
+    {
         let call = format!(
             "{{\"method\":\"io.holden.Agent.Spawn\",\"parameters\":{{\"argv\":[\"true\"],\"{param}\":{value}}}}}\0"
         );

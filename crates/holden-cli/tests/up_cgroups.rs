@@ -66,7 +66,10 @@ kill_mode = "cgroup"
             Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("holden.toml")).stdin(Stdio::null()).output().unwrap();
         let err = stderr(&out);
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("service daemon: kill_mode = \"cgroup\" needs cgroups") && err.contains("not cgroup v2"), "{err}");
+        assert!(
+            err.contains("service daemon: kill_mode = \"cgroup\" needs cgroups") && err.contains("not cgroup v2"),
+            "{err}"
+        );
         println!("no cgroup v2 here: the error is {err:?}; make vm-test runs the limits");
         return;
     }
@@ -126,21 +129,94 @@ kill_mode = "cgroup"
 }
 
 #[test]
-fn a_cgroup_limit_for_an_agent_service_or_with_cgroups_off_is_a_config_error() {
+fn a_cgroup_limit_with_cgroups_off_or_a_bad_value_is_a_config_error() {
     let dir = Dir::new("cgroups-config");
     for (config, needle) in [
         (
-            "[agents.qm]\nsocket = \"/run/qm.sock\"\n[services.s]\ncommand = [\"true\"]\nagent = \"qm\"\nmemory_max = \"1G\"\n",
-            "memory_max: cgroups are not supported for agent services yet",
+            "cgroup = \"off\"\n[services.s]\ncommand = [\"true\"]\npids_max = 5\n",
+            "pids_max needs cgroups, which cgroup = \"off\" disables",
         ),
-        ("cgroup = \"off\"\n[services.s]\ncommand = [\"true\"]\npids_max = 5\n", "pids_max needs cgroups, which cgroup = \"off\" disables"),
         ("[services.s]\ncommand = [\"true\"]\ncpu_max = \"fast\"\n", "cpu_max: must be a percentage"),
         ("[services.s]\ncommand = [\"true\"]\nmemory_max = \"lots\"\n", "\"lots\" is not a size"),
-        ("cgroup = \"../x\"\n[services.s]\ncommand = [\"true\"]\n", "cgroup must be \"auto\", \"off\" or an absolute cgroup path"),
+        (
+            "cgroup = \"../x\"\n[services.s]\ncommand = [\"true\"]\n",
+            "cgroup must be \"auto\", \"off\" or an absolute cgroup path",
+        ),
     ] {
         write_config(&dir, config);
         let out = Command::new(HOLDEN).args(["check", "-c"]).arg(dir.path("holden.toml")).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{config}");
         assert!(stderr(&out).contains(needle), "{config}: {}", stderr(&out));
     }
+}
+
+/// An agent in a cgroup of its own (as a container's is): its service's cgroup is made below
+/// the agent's, its descriptor travels in `Spawn`, the agent's child joins it before exec, its
+/// limits hold, `kill_mode = "cgroup"` stops it whole, and the cgroup is gone after shutdown.
+#[test]
+fn an_agent_service_gets_its_cgroup_below_the_agents() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Dir::new("cgroups-agent");
+    let agent = Agent::start(&dir, "qm");
+    let services = format!(
+        r#"[agents.qm]
+socket = "{}"
+
+[services.inside]
+command = ["sh", "-c", "setsid sh -c 'exec sleep 1005' </dev/null >/dev/null 2>&1 & exec sleep 1006"]
+agent = "qm"
+pids_max = 5
+memory_max = "64M"
+kill_mode = "cgroup"
+"#,
+        agent.socket.display()
+    );
+    if !cgroup_v2() {
+        write_config(&dir, &services);
+        let out =
+            Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("holden.toml")).stdin(Stdio::null()).output().unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("service inside: memory_max needs cgroups") && err.contains("not cgroup v2"), "{err}");
+        return;
+    }
+    // The agent's own cgroup, as a container runtime would give it.
+    let (_, cgroup) = base("agent");
+    std::fs::create_dir(&cgroup).unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), agent.pid().to_string()).unwrap();
+    let up = Up::start(&dir, &services);
+    let pid = up.wait_state("inside", "running")["pid"].as_i64().unwrap();
+    let svc = cgroup.join("services/inside");
+    let in_cgroup = |pid: i64| read(Path::new(&format!("/proc/{pid}/cgroup"))).trim().to_owned();
+    let rel = |p: &Path| format!("0::{}", p.strip_prefix("/sys/fs/cgroup").unwrap().display()).replace("0::", "0::/");
+    assert_eq!(in_cgroup(pid), rel(&svc), "the service is in its cgroup below the agent's");
+    assert_eq!(in_cgroup(agent.pid() as i64), rel(&cgroup.join("agent")), "the agent moved into a leaf");
+    assert_eq!(read(&svc.join("pids.max")).trim(), "5");
+    assert_eq!(read(&svc.join("memory.max")).trim(), (64 << 20).to_string());
+    wait_until(
+        "the daemon runs in the cgroup too",
+        Duration::from_secs(5),
+        || read(&svc.join("cgroup.procs")).lines().count() == 2,
+        || read(&svc.join("cgroup.procs")),
+    );
+    assert!(up.cli(&["stop", "inside"]).status.success());
+    up.wait_state("inside", "stopped");
+    wait_until(
+        "the service's cgroup is empty",
+        Duration::from_secs(5),
+        || read(&svc.join("cgroup.events")).contains("populated 0"),
+        String::new,
+    );
+    up.stop(&dir, &[agent.pid()]);
+    assert!(!svc.exists() && !cgroup.join("services").exists(), "the service's cgroup is left after shutdown");
+    // The agent goes, and its cgroups with it.
+    drop(agent);
+    wait_until(
+        "the agent's cgroup is empty",
+        Duration::from_secs(5),
+        || read(&cgroup.join("cgroup.events")).contains("populated 0"),
+        String::new,
+    );
+    std::fs::remove_dir(cgroup.join("agent")).unwrap();
+    std::fs::remove_dir(&cgroup).unwrap();
 }

@@ -367,20 +367,6 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         .check(n)
         .map_err(|(span, m)| at(span, m))?;
-        if s.agent.is_some() {
-            // Cgroups through an agent (a cgroup descriptor in Spawn) are not there yet.
-            let key = constraints
-                .cgroup
-                .first()
-                .map(|l| l.key)
-                .or((s.kill_mode == Some(KillMode::Cgroup)).then_some("kill_mode"));
-            if let Some(key) = key {
-                return Err(at(
-                    name.span(),
-                    format!("service {n}: {key}: cgroups are not supported for agent services yet"),
-                ));
-            }
-        }
         let stop_signal = match &s.stop_signal {
             None => 15,
             Some(sig) => parse_signal(sig.get_ref()).map_err(|m| at(sig.span(), m))?,

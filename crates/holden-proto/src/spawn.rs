@@ -80,6 +80,9 @@ pub struct SpawnParams {
     /// The OOM killer's score adjustment, -1000 to 1000.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oom_score_adj: Option<i32>,
+    /// Index of the descriptor of a cgroup v2 directory the child joins before exec.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<u32>,
 }
 
 fn bad(parameter: &str, reason: impl Into<String>) -> AgentError {
@@ -177,6 +180,7 @@ impl SpawnParams {
                 "group" => p.group = Some(account("group", value)?),
                 "nice" => p.nice = Some(int_in("nice", value, -20, 19)?),
                 "oom_score_adj" => p.oom_score_adj = Some(int_in("oom_score_adj", value, -1000, 1000)?),
+                "cgroup" => p.cgroup = Some(fd_index("cgroup", value, nfds)?),
                 other => return Err(bad(other, "unknown parameter")),
             }
         }

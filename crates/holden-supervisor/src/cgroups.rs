@@ -1,4 +1,4 @@
-//! Services' cgroups (cgroup v2), for local services.
+//! Services' cgroups (cgroup v2), for local services and agent services.
 //!
 //! Where: `[orchestrator] cgroup`. `"auto"` (the default) uses the orchestrator's own cgroup
 //! when it is delegated to it (not the root cgroup; systemd's `Delegate=yes`): the orchestrator
@@ -10,6 +10,12 @@
 //! Cgroups are set up only when a service asks for one (a cgroup key or `kill_mode =
 //! "cgroup"`). Where cgroup v2 or a controller is missing (a cgroup v1 or hybrid host, the root
 //! cgroup), such a service is an error at start-up naming the key and what is missing.
+//!
+//! An agent service's cgroup is made inside the agent's own cgroup (its container's), found
+//! through the agent's pid (the socket's peer credentials) and `/proc/PID/cgroup`: the agent,
+//! and whatever else runs there, moves into the leaf `agent`, and the service gets
+//! `AGENT_CGROUP/services/NAME`, whose descriptor travels in `Spawn` (`cgroup`). The agent's
+//! child joins it before exec; the agent keeps no state.
 //!
 //! Cgroups of removed services are removed, and at shutdown `services/` and everything below it
 //! (and a base this supervisor created).
@@ -73,7 +79,7 @@ impl Cgroups {
     /// Sets up the services' cgroups as `cfg` asks; `None` where they are not used.
     pub(crate) fn setup(cfg: &Config) -> Result<Option<Cgroups>, Error> {
         // The first key that needs cgroups, for the error message.
-        let needed = cfg.services.iter().find_map(|(name, s)| {
+        let needed = cfg.services.iter().filter(|(_, s)| s.agent.is_none()).find_map(|(name, s)| {
             s.constraints.cgroup.first().map(|l| format!("service {name}: {}", l.key)).or_else(|| {
                 (s.kill_mode == KillMode::Cgroup).then(|| format!("service {name}: kill_mode = \"cgroup\""))
             })
@@ -82,6 +88,18 @@ impl Cgroups {
             Some(what) => Err(cgroup_error(format!("{what} needs cgroups: {why}"))),
             None => Ok(None),
         };
+        // Agent services' cgroups are made at spawn, inside their agents' cgroups: cgroup v2 is
+        // all that can be checked here.
+        let agent_needs = cfg.services.iter().filter(|(_, s)| s.agent.is_some()).find_map(|(name, s)| {
+            let key = s.constraints.cgroup.first().map(|l| l.key);
+            key.or((s.kill_mode == KillMode::Cgroup).then_some("kill_mode = \"cgroup\""))
+                .map(|k| format!("service {name}: {k}"))
+        });
+        if let (Some(what), None) = (&agent_needs, own_cgroup()) {
+            return Err(cgroup_error(format!(
+                "{what} needs cgroups: /sys/fs/cgroup is not cgroup v2 (a cgroup v1 or hybrid system)"
+            )));
+        }
         if cfg.cgroup == CgroupSetting::Off || needed.is_none() {
             // Nothing asks for a cgroup: the orchestrator's own is left as it is.
             return Ok(None);
@@ -130,7 +148,7 @@ impl Cgroups {
         let services = base.join("services");
         std::fs::create_dir_all(&services).map_err(err(format!("create cgroup {}", services.display())))?;
         enable(&services, &wanted).map_err(err(format!("enable controllers in {}", services.display())))?;
-        for (name, s) in &cfg.services {
+        for (name, s) in cfg.services.iter().filter(|(_, s)| s.agent.is_none()) {
             if let Some(l) = s.constraints.cgroup.iter().find(|l| !wanted.contains(&l.controller)) {
                 return Err(cgroup_error(format!(
                     "service {name}: {} needs the {} controller, which {} does not offer",
@@ -143,62 +161,9 @@ impl Cgroups {
         Ok(Some(Cgroups { services, created_base }))
     }
 
-    fn dir(&self, name: &str) -> PathBuf {
+    /// Service `name`'s cgroup directory (a local service).
+    pub(crate) fn dir(&self, name: &str) -> PathBuf {
         self.services.join(name)
-    }
-
-    /// Creates (or reuses) service `name`'s cgroup, writes its limits, and opens it for
-    /// [`holden::Command::cgroup`].
-    pub(crate) fn prepare(
-        &self,
-        name: &str,
-        limits: &[holden_orchestrator::config::CgroupLimit],
-    ) -> io::Result<OwnedFd> {
-        let dir = self.dir(name);
-        match std::fs::create_dir(&dir) {
-            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
-            _ => {}
-        }
-        for l in limits {
-            std::fs::write(dir.join(l.file), &l.value)
-                .map_err(|e| io::Error::new(e.kind(), format!("{} = {:?} ({}): {e}", l.key, l.value, l.file)))?;
-        }
-        Ok(std::fs::File::open(&dir)?.into())
-    }
-
-    /// How many times the OOM killer has killed in service `name`'s cgroup.
-    pub(crate) fn oom_kills(&self, name: &str) -> u64 {
-        let events = std::fs::read_to_string(self.dir(name).join("memory.events")).unwrap_or_default();
-        events.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
-    }
-
-    /// Whether any process is left in service `name`'s cgroup.
-    pub(crate) fn populated(&self, name: &str) -> bool {
-        let events = std::fs::read_to_string(self.dir(name).join("cgroup.events")).unwrap_or_default();
-        events.lines().any(|l| l == "populated 1")
-    }
-
-    /// SIGKILLs every process in service `name`'s cgroup: `cgroup.kill` (Linux 5.14), else each
-    /// process of `cgroup.procs` through a pidfd.
-    pub(crate) fn kill(&self, name: &str) {
-        let dir = self.dir(name);
-        if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
-            return;
-        }
-        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-            if let Ok(fd) = holden_sys::process::pidfd_open(pid) {
-                let _ = holden_sys::process::pidfd_send_signal(&fd, libc::SIGKILL);
-            }
-        }
-    }
-
-    /// Removes service `name`'s cgroup if it is empty; `false` if it is still in use.
-    pub(crate) fn remove(&self, name: &str) -> bool {
-        match std::fs::remove_dir(self.dir(name)) {
-            Ok(()) => true,
-            Err(e) => e.kind() == io::ErrorKind::NotFound,
-        }
     }
 
     /// At shutdown: removes every service's cgroup, `services/`, and a base this supervisor
@@ -209,21 +174,119 @@ impl Cgroups {
                 d.flatten().filter(|e| e.path().is_dir()).filter_map(|e| e.file_name().into_string().ok()).collect()
             })
             .unwrap_or_default();
-        for name in &names {
-            if self.populated(name) {
-                self.kill(name);
-            }
-        }
-        for name in &names {
-            // A killed process leaves its cgroup within moments.
-            let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            while !self.remove(name) && std::time::Instant::now() < until {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-        }
+        remove_all(names.iter().map(|n| self.dir(n)));
         let _ = std::fs::remove_dir(&self.services);
         if let Some(base) = &self.created_base {
             let _ = std::fs::remove_dir(base);
         }
     }
+}
+
+/// Creates (or reuses) a service's cgroup `dir`, writes its limits, and opens it for
+/// [`holden::Command::cgroup`].
+pub(crate) fn prepare(dir: &Path, limits: &[holden_orchestrator::config::CgroupLimit]) -> io::Result<OwnedFd> {
+    match std::fs::create_dir(dir) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    for l in limits {
+        std::fs::write(dir.join(l.file), &l.value)
+            .map_err(|e| io::Error::new(e.kind(), format!("{} = {:?} ({}): {e}", l.key, l.value, l.file)))?;
+    }
+    Ok(std::fs::File::open(dir)?.into())
+}
+
+/// How many times the OOM killer has killed in cgroup `dir`.
+pub(crate) fn oom_kills(dir: &Path) -> u64 {
+    let events = std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default();
+    events.lines().find_map(|l| l.strip_prefix("oom_kill ")).and_then(|n| n.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Whether any process is left in cgroup `dir`.
+pub(crate) fn populated(dir: &Path) -> bool {
+    let events = std::fs::read_to_string(dir.join("cgroup.events")).unwrap_or_default();
+    events.lines().any(|l| l == "populated 1")
+}
+
+/// SIGKILLs every process in cgroup `dir`: `cgroup.kill` (Linux 5.14), else each process of
+/// `cgroup.procs` through a pidfd.
+pub(crate) fn kill(dir: &Path) {
+    if std::fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+        return;
+    }
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        if let Ok(fd) = holden_sys::process::pidfd_open(pid) {
+            let _ = holden_sys::process::pidfd_send_signal(&fd, libc::SIGKILL);
+        }
+    }
+}
+
+/// Removes cgroup `dir` if it is empty; `false` if it is still in use.
+pub(crate) fn remove(dir: &Path) -> bool {
+    match std::fs::remove_dir(dir) {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// Kills what is left in each of `dirs` and removes them (at shutdown: a killed process leaves
+/// its cgroup within moments).
+pub(crate) fn remove_all(dirs: impl Iterator<Item = PathBuf>) {
+    let dirs: Vec<PathBuf> = dirs.collect();
+    for d in dirs.iter().filter(|d| populated(d)) {
+        kill(d);
+    }
+    for d in &dirs {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !remove(d) && std::time::Instant::now() < until {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+}
+
+/// The cgroup for agent service `name`, inside the cgroup of the agent listening on `socket`:
+/// `AGENT_CGROUP/services/NAME`. The first time, the agent's cgroup is made able to hold it:
+/// its processes move into the leaf `agent` and the controllers are enabled below.
+pub(crate) fn agent_service_dir(socket: &Path, name: &str) -> Result<PathBuf, String> {
+    if own_cgroup().is_none() {
+        return Err("/sys/fs/cgroup is not cgroup v2 (a cgroup v1 or hybrid system)".into());
+    }
+    let conn = holden_sys::socket::connect_nonblocking(socket).map_err(|e| format!("connect to the agent: {e}"))?;
+    let pid = holden_sys::socket::peer_cred(&conn).map_err(|e| format!("the agent's credentials: {e}"))?.pid;
+    drop(conn);
+    if pid <= 0 {
+        return Err("the agent's pid is not visible in this pid namespace".into());
+    }
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| format!("/proc/{pid}/cgroup: {e}"))?;
+    let path = own.lines().find_map(|l| l.strip_prefix("0::")).ok_or("the agent is in no cgroup v2")?;
+    let mut base = PathBuf::from(format!("{ROOT}{path}"));
+    if base.file_name().is_some_and(|n| n == "agent") && base.parent().is_some_and(|p| p.join("services").is_dir()) {
+        base.pop();
+    }
+    let services = base.join("services");
+    if !services.is_dir() {
+        if base == Path::new(ROOT) {
+            return Err("the agent runs in the root cgroup; give it a cgroup of its own".into());
+        }
+        let leaf = base.join("agent");
+        std::fs::create_dir_all(&leaf).map_err(|e| format!("create {}: {e}", leaf.display()))?;
+        let procs = std::fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
+        for p in procs.lines() {
+            // A process that has just ended is gone from the list: ESRCH is fine.
+            let _ = std::fs::write(leaf.join("cgroup.procs"), p);
+        }
+        let offer = offered(&base);
+        let wanted: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
+        enable(&base, &wanted).map_err(|e| format!("enable controllers in {}: {e}", base.display()))?;
+        std::fs::create_dir_all(&services).map_err(|e| format!("create {}: {e}", services.display()))?;
+        enable(&services, &wanted).map_err(|e| format!("enable controllers in {}: {e}", services.display()))?;
+    }
+    Ok(services.join(name))
+}
+
+/// The cgroup `pid` is in, as a directory under `/sys/fs/cgroup`.
+pub(crate) fn cgroup_of(pid: i32) -> Option<PathBuf> {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    own.lines().find_map(|l| l.strip_prefix("0::")).map(|p| PathBuf::from(format!("{ROOT}{p}")))
 }

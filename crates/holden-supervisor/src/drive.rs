@@ -73,8 +73,8 @@ impl Supervisor {
         let svc = &self.services[name];
         if svc.idle() {
             if svc.removing {
-                if let Some(cg) = &self.cgroups {
-                    cg.remove(name);
+                if let Some(dir) = &svc.cgroup_dir {
+                    crate::cgroups::remove(dir);
                 }
                 self.services.remove(name);
                 self.order.retain(|n| n != name);
@@ -144,8 +144,8 @@ impl Supervisor {
             _ => process::pidfd_send_signal(proc.pidfd(), sig),
         };
         // At the deadline, everything in the service's cgroup goes with it.
-        if let (KillMode::Cgroup, libc::SIGKILL, Some(cg)) = (svc.cfg.kill_mode, sig, &self.cgroups) {
-            cg.kill(name);
+        if let (KillMode::Cgroup, libc::SIGKILL, Some(dir)) = (svc.cfg.kill_mode, sig, &svc.cgroup_dir) {
+            crate::cgroups::kill(dir);
         }
         // ESRCH: it has just ended; its pidfd will say so.
         if let Err(e) = r {

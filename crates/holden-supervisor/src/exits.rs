@@ -106,18 +106,16 @@ impl Supervisor {
         self.feed(name, Event::Exited(exit));
     }
 
-    /// A local service's exit as its cgroup tells it: a SIGKILL while the OOM killer struck
-    /// there is `oom-killed`; with `kill_mode = "cgroup"`, what the main process left in the
-    /// cgroup is killed.
+    /// A service's exit as its cgroup tells it: a SIGKILL while the OOM killer struck there is
+    /// `oom-killed`; with `kill_mode = "cgroup"`, what the main process left in the cgroup is
+    /// killed.
     fn cgroup_exit(&self, name: &str, exit: Exit) -> Exit {
-        let (Some(cg), Some(svc)) = (&self.cgroups, self.services.get(name)) else { return exit };
-        if svc.cfg.agent.is_some() {
-            return exit;
+        let Some(svc) = self.services.get(name) else { return exit };
+        let Some(dir) = &svc.cgroup_dir else { return exit };
+        if svc.cfg.kill_mode == KillMode::Cgroup && crate::cgroups::populated(dir) {
+            crate::cgroups::kill(dir);
         }
-        if svc.cfg.kill_mode == KillMode::Cgroup && cg.populated(name) {
-            cg.kill(name);
-        }
-        if exit == Exit::Signal(libc::SIGKILL) && cg.oom_kills(name) > svc.oom_base {
+        if exit == Exit::Signal(libc::SIGKILL) && crate::cgroups::oom_kills(dir) > svc.oom_base {
             return Exit::OomKilled;
         }
         exit

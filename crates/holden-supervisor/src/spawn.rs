@@ -161,20 +161,34 @@ impl Supervisor {
                 cmd.stderr(stdio);
             }
         }
-        let Some(agent) = &cfg.agent else {
-            if let Some(cg) = &self.cgroups {
-                match cg.prepare(name, &c.cgroup) {
-                    Ok(dir) => {
-                        cmd.cgroup(dir);
-                        let base = cg.oom_kills(name);
-                        self.services.get_mut(name).expect("present").oom_base = base;
-                    }
-                    Err(e) => {
-                        let error = format!("cgroup {name}: {e}");
-                        return self.feed(name, Event::SpawnFailed { error, transient: false });
-                    }
+        // The service's cgroup: below ours for a local service, below the agent's for an agent
+        // service; its limits written before the child joins it.
+        let needs_cgroup = !c.cgroup.is_empty() || cfg.kill_mode == KillMode::Cgroup;
+        let path = cfg.agent.as_ref().map(|a| self.cfg.agents.get(a).map(|a| a.socket.clone()).unwrap_or_default());
+        let dir = match (&path, &self.cgroups) {
+            (None, Some(cg)) if needs_cgroup => Some(Ok(cg.dir(name))),
+            (Some(socket), _) if needs_cgroup => Some(crate::cgroups::agent_service_dir(socket, name)),
+            _ => None,
+        };
+        if let Some(dir) = dir {
+            let prepared =
+                dir.and_then(|d| crate::cgroups::prepare(&d, &c.cgroup).map(|fd| (d, fd)).map_err(|e| e.to_string()));
+            match prepared {
+                Ok((dir, fd)) => {
+                    cmd.cgroup(fd);
+                    let svc = self.services.get_mut(name).expect("present");
+                    svc.oom_base = crate::cgroups::oom_kills(&dir);
+                    svc.cgroup_dir = Some(dir);
+                }
+                Err(e) => {
+                    // An agent that is not there yet is retried like any unreachable agent.
+                    let transient = path.is_some() && e.starts_with("connect to the agent");
+                    let error = format!("cgroup for {name}: {e}");
+                    return self.feed(name, Event::SpawnFailed { error, transient });
                 }
             }
+        }
+        let Some(path) = path else {
             let result = cmd.spawn();
             // The pipes' write ends now live only in the child.
             drop(cmd);
@@ -183,7 +197,6 @@ impl Supervisor {
                 Err(e) => self.feed(name, Event::SpawnFailed { error: e.to_string(), transient: false }),
             };
         };
-        let path = self.cfg.agents.get(agent).map(|a| a.socket.clone()).unwrap_or_default();
         let exit_stream = *self.exit_stream.get_or_insert_with(|| {
             std::env::var_os("HOLDEN_EXIT_STREAM").is_some_and(|v| v == "1")
                 || !holden_sys::process::probe_features().pidfd_info_exit
@@ -291,6 +304,13 @@ impl Supervisor {
     fn spawned(&mut self, name: &str, child: holden::Child, pipes: Vec<(&'static str, OwnedFd)>, tag: String) {
         let pid = child.pid().unwrap_or_else(|| child.spawner_pid());
         let Some(svc) = self.services.get_mut(name) else { return };
+        // Verified, not assumed: the process is in its cgroup (it joined before exec).
+        if let (Some(want), Some(got)) = (&svc.cgroup_dir, child.pid().and_then(crate::cgroups::cgroup_of)) {
+            if &got != want {
+                say(&format!("{name}: pid {pid} is in {}, not in {}: killed", got.display(), want.display()));
+                let _ = holden_sys::process::pidfd_send_signal(child.pidfd(), libc::SIGKILL);
+            }
+        }
         svc.identity = state::identity(child.pidfd(), pid).ok();
         // A pid from the agent's pid namespace (the process is not visible here) says nothing.
         svc.start_time = child.pid().and_then(crate::procfs::start_time);

@@ -58,7 +58,8 @@ pub(crate) struct Svc {
     pub(crate) replacement: Option<(config::Service, bool)>,
     /// Removed by a reload: dropped once stopped.
     pub(crate) removing: bool,
-    /// The OOM kills in its cgroup when it was spawned.
+    /// Its cgroup, if it has one (set at spawn), and the OOM kills there at that time.
+    pub(crate) cgroup_dir: Option<std::path::PathBuf>,
     pub(crate) oom_base: u64,
 }
 
@@ -78,6 +79,7 @@ impl Svc {
             stopped_by_hand: false,
             replacement: None,
             removing: false,
+            cgroup_dir: None,
             oom_base: 0,
         }
     }
@@ -427,6 +429,11 @@ impl Supervisor {
         // The holder first: it is our child, and would otherwise be ended as a stray.
         if let Some(h) = self.holder.take() {
             h.shutdown();
+        }
+        // Services' cgroups (agent services' too), then the local base.
+        crate::cgroups::remove_all(self.services.values().filter_map(|s| s.cgroup_dir.clone()));
+        for parent in self.services.values().filter_map(|s| Some(s.cgroup_dir.as_ref()?.parent()?.to_path_buf())) {
+            let _ = std::fs::remove_dir(parent);
         }
         if let Some(cg) = &self.cgroups {
             cg.teardown();

@@ -224,8 +224,8 @@ impl Command {
     }
 
     /// Makes the child join a cgroup v2 before it runs anything: `dir` is the cgroup's directory,
-    /// opened (read-only) by the caller, who creates the cgroup and sets its limits. Local spawns
-    /// only, for now: an agent spawn with a cgroup is an error.
+    /// opened (read-only) by the caller, who creates the cgroup and sets its limits. Through an
+    /// agent, the descriptor travels with the call (the agent's child joins it).
     pub fn cgroup(&mut self, dir: OwnedFd) -> &mut Command {
         self.cgroup = Some(dir);
         self
@@ -360,9 +360,6 @@ impl Command {
 
     /// The `Spawn` parameters and the descriptors they index.
     fn wire<'a>(&'a self, null: Option<&'a File>) -> Result<(SpawnParams, Vec<BorrowedFd<'a>>), Error> {
-        if self.cgroup.is_some() {
-            return Err(Error::InvalidCommand("a cgroup is not supported through an agent yet".into()));
-        }
         let argv = std::iter::once(&self.program)
             .chain(&self.args)
             .map(|a| utf8("argument", a).map(str::to_owned))
@@ -423,6 +420,10 @@ impl Command {
             group: self.group.clone(),
             nice: self.nice,
             oom_score_adj: self.oom_score_adj,
+            cgroup: self.cgroup.as_ref().map(|fd| {
+                fds.push(fd.as_fd());
+                (fds.len() - 1) as u32
+            }),
         };
         Ok((params, fds))
     }
