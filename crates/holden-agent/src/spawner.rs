@@ -30,6 +30,8 @@ struct Setup<'a> {
     oom_score_adj: Option<i32>,
     user: Option<User<'a>>,
     cgroup: Option<BorrowedFd<'a>>,
+    /// The caller's processes run as the caller: limits are set with its privileges.
+    limits_as_user: bool,
 }
 
 /// Text of an errno in the house style: lower-case, no "(os error N)".
@@ -101,6 +103,18 @@ impl Spawner {
                 rlimits.push(*d);
             }
         }
+        // A caller whose processes run as itself sets their limits with its own privileges.
+        let limits_as_user = user.is_some();
+        // The cgroup to join: its cgroup.procs on a cgroup v2 (never a directory).
+        let cgroup = p.cgroup.map(|i| fds[i as usize].as_fd());
+        if let Some(fd) = cgroup {
+            if !process::is_cgroup2_file(fd).unwrap_or(false) {
+                return Err(AgentError::InvalidParameter {
+                    parameter: "cgroup".into(),
+                    reason: "must be the cgroup.procs file of a cgroup v2, opened for writing".into(),
+                });
+            }
+        }
         // `user` and `group` in the agent's own user database (the container's).
         let account = holden_sys::users::resolve(
             std::path::Path::new("/"),
@@ -126,7 +140,8 @@ impl Spawner {
             nice: p.nice,
             oom_score_adj: p.oom_score_adj,
             user,
-            cgroup: p.cgroup.map(|i| fds[i as usize].as_fd()),
+            cgroup,
+            limits_as_user,
         };
         self.run(&argv, envp, path, cwd.as_deref(), stdio, setup)
     }
@@ -145,6 +160,7 @@ impl Spawner {
             rlimits: &self.default_rlimits,
             nice: None,
             oom_score_adj: None,
+            limits_as_user: user.is_some(),
             user,
             cgroup: None,
         };
@@ -190,7 +206,7 @@ impl Spawner {
         let program = argv[0].as_bytes();
         // PATH lookup uses the child's own PATH, as std::process::Command does.
         let candidates = process::exec_candidates(program, path);
-        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user, cgroup } = setup;
+        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user, cgroup, limits_as_user } = setup;
         let spec = SpawnSpec {
             candidates: &candidates,
             argv,
@@ -204,6 +220,7 @@ impl Spawner {
             oom_score_adj,
             user,
             cgroup,
+            limits_as_user,
         };
         process::spawn(&spec).map_err(|e| {
             let prog = String::from_utf8_lossy(program);

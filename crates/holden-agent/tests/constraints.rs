@@ -118,6 +118,42 @@ fn a_caller_running_as_itself_may_not_choose_a_user() {
     assert_no_children(agent.pid());
 }
 
+/// A caller whose processes run as itself used to get its `rlimits` applied while the child
+/// still had the agent's privileges, so that it could raise its hard limits; `nice` and
+/// `oom_score_adj` would have done the same. They are now applied after the child has become
+/// the caller: lowering the nice value is refused (stage nice), raising it works.
+#[test]
+fn regression_a_caller_running_as_itself_sets_limits_with_its_own_privileges() {
+    require_root();
+    let agent = TestAgent::start(&["--socket-mode", "0666", "--allow-uid", "65534"]);
+    let exe = agent.dir.0.join("client");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+        .unwrap();
+    let as_nobody = |params: &str| {
+        let call = format!("{{\"method\":\"io.holden.Agent.Spawn\",\"parameters\":{{\"argv\":[\"true\"],{params}}}}}");
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+            .arg(&exe)
+            .args(["--exact", "raw_client_role", "--nocapture", "--test-threads=1"])
+            .env("HOLDEN_TEST_RAW_CLIENT", &agent.socket)
+            .env("HOLDEN_TEST_RAW_CALL", call)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let reply = as_nobody("\"nice\":-5");
+    assert!(reply.contains("io.holden.Agent.SpawnFailed") && reply.contains("\"stage\":\"nice\""), "{reply}");
+    let reply = as_nobody("\"oom_score_adj\":-500");
+    assert!(reply.contains("io.holden.Agent.SpawnFailed") && reply.contains("\"stage\":\"oom_score_adj\""), "{reply}");
+    let reply = as_nobody("\"rlimits\":[{\"resource\":\"nofile\",\"soft\":1048576,\"hard\":1048576}]");
+    assert!(reply.contains("io.holden.Agent.SpawnFailed") && reply.contains("\"stage\":\"rlimit\""), "{reply}");
+    let reply = as_nobody("\"nice\":5,\"oom_score_adj\":500");
+    assert!(reply.contains("\"pid\""), "raising them is the caller's right: {reply}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_no_children(agent.pid());
+}
+
 /// The client of [`a_caller_running_as_itself_may_not_choose_a_user`]: this binary, started as
 /// uid 65534 with `HOLDEN_TEST_RAW_CLIENT` naming the socket. In a normal run it does nothing.
 #[test]

@@ -56,7 +56,7 @@ fn timeout() -> Result<Duration, String> {
 
 fn usage(cmd: &str) -> &'static str {
     match cmd {
-        "status" => "Usage: holden status [--json] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent. With --json, a JSON array of objects with the keys name, state, wanted, pid (null when\nnot running), since_ms, restarts, last_exit, last_error and agent.\n",
+        "status" => "Usage: holden status [--json] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent, and MEM and CPU where services have cgroups. With --json, a JSON array of objects with\nthe keys name, state, wanted, pid (null when not running), since_ms, restarts, last_exit,\nlast_error and agent, and for a service with a cgroup memory_bytes, cpu_usec, cpu_percent,\noom_kills and pids.\n",
         "start" => "Usage: holden start NAME...\n\nAsks for services to be up; a failed or exited service starts afresh.\n",
         "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
         "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
@@ -371,13 +371,28 @@ pub fn human(ms: u64) -> String {
     }
 }
 
+/// `512B`, `3.4K`, `12.0M`, `1.5G` (powers of 1024).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["K", "M", "G", "T"];
+    if n < 1024 {
+        return format!("{n}B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1}{}", UNITS[unit])
+}
+
 /// The status table.
 pub fn table(list: &[ServiceStatus]) -> String {
-    let rows: Vec<[String; 7]> = list
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
             let dash = || "-".to_string();
-            [
+            vec![
                 s.name.clone(),
                 if s.wanted == "down" && s.state != "stopped" {
                     format!("{} (down)", s.state)
@@ -393,10 +408,21 @@ pub fn table(list: &[ServiceStatus]) -> String {
                     _ => dash(),
                 },
                 s.agent.clone().unwrap_or_else(|| "(local)".into()),
+                s.memory_bytes.map_or_else(dash, bytes),
+                s.cpu_percent
+                    .map_or_else(|| if s.cpu_usec.is_some() { "0%".into() } else { dash() }, |p| format!("{p}%")),
             ]
         })
         .collect();
-    let head = ["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT"];
+    let mut head = vec!["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT", "MEM", "CPU"];
+    let mut rows = rows;
+    // MEM and CPU only where some service has a cgroup.
+    if !list.iter().any(|s| s.memory_bytes.is_some() || s.cpu_usec.is_some()) {
+        head.truncate(7);
+        for r in &mut rows {
+            r.truncate(7);
+        }
+    }
     let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in width.iter_mut().zip(r) {

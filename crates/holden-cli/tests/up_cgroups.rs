@@ -106,6 +106,19 @@ kill_mode = "cgroup"
     println!("spinner used {:.1}% of a CPU with cpu_max = 20%", share * 100.0);
     assert!(share > 0.05 && share < 0.30, "cpu share {share:.3}");
 
+    // What the cgroups say, in `holden status`: MEM and CPU columns, and the JSON keys.
+    let json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice::<serde_json::Value>(&up.cli(&["status", "--json", name]).stdout).unwrap()[0].clone()
+    };
+    let spinner = json("spinner");
+    assert!(spinner["memory_bytes"].as_u64().is_some_and(|m| m > 0), "{spinner}");
+    assert!(spinner["cpu_usec"].as_u64().is_some_and(|u| u > 0) && spinner["pids"].as_u64() >= Some(1), "{spinner}");
+    assert!(json("hog")["oom_kills"].as_u64() >= Some(1), "{}", json("hog"));
+    let table = stdout(&up.cli(&["status"]));
+    let head = table.lines().next().unwrap();
+    assert!(head.contains(" MEM ") && head.ends_with("CPU"), "{table}");
+    println!("{table}");
+
     // kill_mode = "cgroup": the stop takes the daemon it forked too.
     up.wait_state("daemon", "running");
     wait_until(
@@ -142,6 +155,9 @@ fn a_cgroup_limit_with_cgroups_off_or_a_bad_value_is_a_config_error() {
             "cgroup = \"../x\"\n[services.s]\ncommand = [\"true\"]\n",
             "cgroup must be \"auto\", \"off\" or an absolute cgroup path",
         ),
+        // Names that would walk out of `services/` (the base's own limits, cgroup.kill on it).
+        ("[services.\"..\"]\ncommand = [\"true\"]\n", "not begin with '.'"),
+        ("[services.\".\"]\ncommand = [\"true\"]\n", "not begin with '.'"),
     ] {
         write_config(&dir, config);
         let out = Command::new(HOLDEN).args(["check", "-c"]).arg(dir.path("holden.toml")).output().unwrap();
@@ -208,7 +224,14 @@ kill_mode = "cgroup"
         String::new,
     );
     up.stop(&dir, &[agent.pid()]);
-    assert!(!svc.exists() && !cgroup.join("services").exists(), "the service's cgroup is left after shutdown");
+    assert!(!svc.exists(), "the service's cgroup is left after shutdown");
+    // The agent's cgroup stays set up for the next run: it finds it so, and nests nothing.
+    let up = Up::start(&dir, &services);
+    let pid = up.wait_state("inside", "running")["pid"].as_i64().unwrap();
+    assert_eq!(in_cgroup(pid), rel(&svc), "the same cgroup on the next run");
+    assert_eq!(in_cgroup(agent.pid() as i64), rel(&cgroup.join("agent")), "the agent's leaf is reused");
+    up.stop(&dir, &[agent.pid()]);
+    assert!(!svc.exists(), "the service's cgroup is left after the second shutdown");
     // The agent goes, and its cgroups with it.
     drop(agent);
     wait_until(
@@ -218,5 +241,6 @@ kill_mode = "cgroup"
         String::new,
     );
     std::fs::remove_dir(cgroup.join("agent")).unwrap();
+    std::fs::remove_dir(cgroup.join("services")).unwrap();
     std::fs::remove_dir(&cgroup).unwrap();
 }

@@ -314,10 +314,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     let mut services = BTreeMap::new();
     for (name, s) in &raw.services {
         let n = name.get_ref();
-        if n.is_empty() || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
+        if n.is_empty() || n.starts_with('.') || !n.chars().all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c)) {
             return Err(at(
                 name.span(),
-                format!("service name {n:?} may hold only letters, digits, '-', '_', '.' and '@'"),
+                format!(
+                    "service name {n:?} may hold only letters, digits, '-', '_', '.' and '@', and not begin with '.'"
+                ),
             ));
         }
         if n.len() > MAX_NAME {

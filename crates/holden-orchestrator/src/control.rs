@@ -46,6 +46,21 @@ pub struct ServiceStatus {
     pub last_error: Option<String>,
     /// The agent that spawns it; `None`: the orchestrator itself.
     pub agent: Option<String>,
+    /// With a cgroup: its memory use (`memory.current`), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// With a cgroup: the CPU time used (`cpu.stat` `usage_usec`), in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usec: Option<u64>,
+    /// With a cgroup: the CPU used since the previous status of it, in percent of one CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<u32>,
+    /// With a cgroup: the OOM killer's kills there (`memory.events` `oom_kill`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// With a cgroup: its processes and threads (`pids.current`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
 }
 
 /// A state change, as Events streams it.

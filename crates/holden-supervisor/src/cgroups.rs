@@ -40,6 +40,8 @@ pub(crate) struct Cgroups {
     services: PathBuf,
     /// The base, if this supervisor created it (removed at shutdown).
     created_base: Option<PathBuf>,
+    /// The controllers enabled for services.
+    controllers: Vec<&'static str>,
 }
 
 fn err(what: String) -> impl FnOnce(io::Error) -> Error {
@@ -124,6 +126,8 @@ impl Cgroups {
                 {
                     return missing(&format!("its cgroup {} is not delegated to it ({e})", base.display()));
                 }
+                // Whatever else is there (the fd holder, processes of an earlier run) too.
+                move_all(&base, &leaf);
                 (base, None)
             }
             CgroupSetting::Path(p) => {
@@ -143,22 +147,31 @@ impl Cgroups {
             }
         };
         let offer = offered(&base);
-        let wanted: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
+        let wanted: Vec<&'static str> = CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
         enable(&base, &wanted).map_err(err(format!("enable controllers in {}", base.display())))?;
         let services = base.join("services");
         std::fs::create_dir_all(&services).map_err(err(format!("create cgroup {}", services.display())))?;
         enable(&services, &wanted).map_err(err(format!("enable controllers in {}", services.display())))?;
+        let cgroups = Cgroups { services, created_base, controllers: wanted };
+        cgroups.check(cfg).map_err(cgroup_error)?;
+        Ok(Some(cgroups))
+    }
+
+    /// Whether every local service's limits have their controllers here (at start-up and at
+    /// reload).
+    pub(crate) fn check(&self, cfg: &Config) -> Result<(), String> {
         for (name, s) in cfg.services.iter().filter(|(_, s)| s.agent.is_none()) {
-            if let Some(l) = s.constraints.cgroup.iter().find(|l| !wanted.contains(&l.controller)) {
-                return Err(cgroup_error(format!(
+            if let Some(l) = s.constraints.cgroup.iter().find(|l| !self.controllers.contains(&l.controller)) {
+                let base = self.services.parent().unwrap_or(&self.services);
+                return Err(format!(
                     "service {name}: {} needs the {} controller, which {} does not offer",
                     l.key,
                     l.controller,
                     base.display()
-                )));
+                ));
             }
         }
-        Ok(Some(Cgroups { services, created_base }))
+        Ok(())
     }
 
     /// Service `name`'s cgroup directory (a local service).
@@ -189,12 +202,32 @@ pub(crate) fn prepare(dir: &Path, limits: &[holden_orchestrator::config::CgroupL
         Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
         _ => {}
     }
+    // A limit no longer configured goes back to its default (a reused cgroup keeps old values).
+    for (file, default) in DEFAULTS {
+        if !limits.iter().any(|l| l.file == file) && dir.join(file).exists() {
+            let _ = std::fs::write(dir.join(file), default);
+        }
+    }
     for l in limits {
         std::fs::write(dir.join(l.file), &l.value)
             .map_err(|e| io::Error::new(e.kind(), format!("{} = {:?} ({}): {e}", l.key, l.value, l.file)))?;
     }
-    Ok(std::fs::File::open(dir)?.into())
+    // The child joins through cgroup.procs: a file, never the directory, which would let the
+    // receiver of the descriptor (an agent in a container) reach the rest of the filesystem.
+    Ok(std::fs::OpenOptions::new().write(true).open(dir.join("cgroup.procs"))?.into())
 }
+
+/// The default of each limit file, restored when its key is removed.
+const DEFAULTS: [(&str, &str); 8] = [
+    ("memory.max", "max"),
+    ("memory.high", "max"),
+    ("memory.low", "0"),
+    ("cpu.max", "max 100000"),
+    ("cpu.weight", "100"),
+    ("io.weight", "default 100"),
+    ("pids.max", "max"),
+    ("cpuset.cpus", ""),
+];
 
 /// How many times the OOM killer has killed in cgroup `dir`.
 pub(crate) fn oom_kills(dir: &Path) -> u64 {
@@ -237,8 +270,8 @@ pub(crate) fn remove_all(dirs: impl Iterator<Item = PathBuf>) {
     for d in dirs.iter().filter(|d| populated(d)) {
         kill(d);
     }
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
     for d in &dirs {
-        let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while !remove(d) && std::time::Instant::now() < until {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
@@ -258,6 +291,23 @@ pub(crate) fn agent_service_dir(socket: &Path, name: &str) -> Result<PathBuf, St
     if pid <= 0 {
         return Err("the agent's pid is not visible in this pid namespace".into());
     }
+    // The listener must be the agent itself: under socket activation it is the service manager
+    // (PID 1), whose cgroup is not the agent's.
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let arg1 = argv.split(|&b| b == 0).nth(1).unwrap_or_default();
+    let is_agent = match exe.file_name().and_then(|n| n.to_str()) {
+        Some("holden-agent" | "agent") => true,
+        Some("holden") => arg1 == b"agent",
+        _ => false,
+    };
+    if !is_agent {
+        return Err(format!(
+            "the agent's socket is held by pid {pid} ({}), not by the agent (socket activation?): its cgroup \
+             is not the agent's",
+            exe.display()
+        ));
+    }
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).map_err(|e| format!("/proc/{pid}/cgroup: {e}"))?;
     let path = own.lines().find_map(|l| l.strip_prefix("0::")).ok_or("the agent is in no cgroup v2")?;
     let mut base = PathBuf::from(format!("{ROOT}{path}"));
@@ -271,11 +321,7 @@ pub(crate) fn agent_service_dir(socket: &Path, name: &str) -> Result<PathBuf, St
         }
         let leaf = base.join("agent");
         std::fs::create_dir_all(&leaf).map_err(|e| format!("create {}: {e}", leaf.display()))?;
-        let procs = std::fs::read_to_string(base.join("cgroup.procs")).unwrap_or_default();
-        for p in procs.lines() {
-            // A process that has just ended is gone from the list: ESRCH is fine.
-            let _ = std::fs::write(leaf.join("cgroup.procs"), p);
-        }
+        move_all(&base, &leaf);
         let offer = offered(&base);
         let wanted: Vec<&str> = CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
         enable(&base, &wanted).map_err(|e| format!("enable controllers in {}: {e}", base.display()))?;
@@ -285,8 +331,51 @@ pub(crate) fn agent_service_dir(socket: &Path, name: &str) -> Result<PathBuf, St
     Ok(services.join(name))
 }
 
+/// Moves every process of cgroup `from` into `to` (one that has just ended is gone: fine).
+fn move_all(from: &Path, to: &Path) {
+    let procs = std::fs::read_to_string(from.join("cgroup.procs")).unwrap_or_default();
+    for p in procs.lines() {
+        let _ = std::fs::write(to.join("cgroup.procs"), p);
+    }
+}
+
 /// The cgroup `pid` is in, as a directory under `/sys/fs/cgroup`.
 pub(crate) fn cgroup_of(pid: i32) -> Option<PathBuf> {
     let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     own.lines().find_map(|l| l.strip_prefix("0::")).map(|p| PathBuf::from(format!("{ROOT}{p}")))
+}
+
+/// What a service's cgroup says of its use, for `Status` (the other fields empty).
+pub(crate) fn usage(svc: &crate::supervisor::Svc) -> holden_orchestrator::control::ServiceStatus {
+    let mut st = holden_orchestrator::control::ServiceStatus {
+        name: String::new(),
+        state: String::new(),
+        wanted: String::new(),
+        pid: None,
+        since_ms: 0,
+        restarts: 0,
+        last_exit: None,
+        last_error: None,
+        agent: None,
+        memory_bytes: None,
+        cpu_usec: None,
+        cpu_percent: None,
+        oom_kills: None,
+        pids: None,
+    };
+    let Some(dir) = svc.cgroup_dir.as_deref().filter(|d| d.is_dir()) else { return st };
+    let number = |file: &str| std::fs::read_to_string(dir.join(file)).ok()?.trim().parse::<u64>().ok();
+    st.memory_bytes = number("memory.current");
+    st.pids = number("pids.current");
+    st.oom_kills = Some(oom_kills(dir));
+    let stat = std::fs::read_to_string(dir.join("cpu.stat")).unwrap_or_default();
+    st.cpu_usec = stat.lines().find_map(|l| l.strip_prefix("usage_usec ")?.trim().parse().ok());
+    if let Some(used) = st.cpu_usec {
+        let now = std::time::Instant::now();
+        if let Some((then, before)) = svc.cpu_sample.replace(Some((now, used))) {
+            let wall = now.duration_since(then).as_micros() as u64;
+            st.cpu_percent = (used.saturating_sub(before) * 100).checked_div(wall).map(|p| p as u32);
+        }
+    }
+    st
 }

@@ -162,6 +162,7 @@ impl Supervisor {
             last_exit: s.m.last_exit.map(exit_text),
             last_error: s.m.last_error.clone(),
             agent: s.cfg.agent.clone(),
+            ..crate::cgroups::usage(s)
         })
     }
 

@@ -73,8 +73,8 @@ impl Supervisor {
         let svc = &self.services[name];
         if svc.idle() {
             if svc.removing {
-                if let Some(dir) = &svc.cgroup_dir {
-                    crate::cgroups::remove(dir);
+                if let Some(dir) = self.services.get_mut(name).and_then(|s| s.cgroup_dir.take()) {
+                    self.retire_cgroup(dir);
                 }
                 self.services.remove(name);
                 self.order.retain(|n| n != name);
@@ -118,6 +118,17 @@ impl Supervisor {
             }
         }
         self.in_shutdown_pass = false;
+    }
+
+    /// A cgroup no service uses any more: what is left in it is killed, and it is removed now
+    /// if it is empty, else at shutdown.
+    pub(crate) fn retire_cgroup(&mut self, dir: std::path::PathBuf) {
+        if crate::cgroups::populated(&dir) {
+            crate::cgroups::kill(&dir);
+        }
+        if !crate::cgroups::remove(&dir) {
+            self.retired_cgroups.push(dir);
+        }
     }
 
     // ---- actions out -----------------------------------------------------------------------

@@ -21,11 +21,23 @@ impl Supervisor {
         }
         let new =
             crate::load_config(&self.config_path).map_err(|e| ControlError::ReloadFailed { message: e.to_string() })?;
-        if self.cgroups.is_none() {
-            if let Some((name, l)) = new.services.iter().find_map(|(n, s)| Some((n, s.constraints.cgroup.first()?))) {
-                let message = format!("service {name}: {} needs cgroups, which this orchestrator does not use", l.key);
-                return Err(ControlError::ReloadFailed { message });
+        // Cgroups are set up at start-up: a reload can use them, not add them.
+        match &self.cgroups {
+            None => {
+                let needs = new.services.iter().filter(|(_, s)| s.agent.is_none()).find_map(|(n, s)| {
+                    let key = s.constraints.cgroup.first().map(|l| l.key);
+                    key.or((s.kill_mode == config::KillMode::Cgroup).then_some("kill_mode = \"cgroup\""))
+                        .map(|k| (n, k))
+                });
+                if let Some((name, key)) = needs {
+                    let message = format!(
+                        "service {name}: {key} needs cgroups, which this orchestrator did not set up at start-up \
+                         (restart it)"
+                    );
+                    return Err(ControlError::ReloadFailed { message });
+                }
             }
+            Some(cg) => cg.check(&new).map_err(|message| ControlError::ReloadFailed { message })?,
         }
         let old: BTreeMap<String, config::Service> =
             self.services.iter().map(|(n, s)| (n.clone(), s.cfg.clone())).collect();

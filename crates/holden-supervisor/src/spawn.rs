@@ -170,6 +170,15 @@ impl Supervisor {
             (Some(socket), _) if needs_cgroup => Some(crate::cgroups::agent_service_dir(socket, name)),
             _ => None,
         };
+        // What an earlier spawn used (settings change at reload): forgotten, and removed if it
+        // is not the one used now.
+        let svc = self.services.get_mut(name).expect("present");
+        svc.oom_base = 0;
+        if let Some(old) = svc.cgroup_dir.take() {
+            if !matches!(&dir, Some(Ok(d)) if *d == old) {
+                self.retire_cgroup(old);
+            }
+        }
         if let Some(dir) = dir {
             let prepared =
                 dir.and_then(|d| crate::cgroups::prepare(&d, &c.cgroup).map(|fd| (d, fd)).map_err(|e| e.to_string()));
@@ -181,8 +190,10 @@ impl Supervisor {
                     svc.cgroup_dir = Some(dir);
                 }
                 Err(e) => {
-                    // An agent that is not there yet is retried like any unreachable agent.
-                    let transient = path.is_some() && e.starts_with("connect to the agent");
+                    // An agent that is not there yet is retried like any unreachable agent, and
+                    // so is a cgroup busy for a moment (a process of the agent's moving).
+                    let transient =
+                        path.is_some() && (e.starts_with("connect to the agent") || e.contains("resource busy"));
                     let error = format!("cgroup for {name}: {e}");
                     return self.feed(name, Event::SpawnFailed { error, transient });
                 }
@@ -306,7 +317,7 @@ impl Supervisor {
         let Some(svc) = self.services.get_mut(name) else { return };
         // Verified, not assumed: the process is in its cgroup (it joined before exec).
         if let (Some(want), Some(got)) = (&svc.cgroup_dir, child.pid().and_then(crate::cgroups::cgroup_of)) {
-            if &got != want {
+            if !got.starts_with(want) {
                 say(&format!("{name}: pid {pid} is in {}, not in {}: killed", got.display(), want.display()));
                 let _ = holden_sys::process::pidfd_send_signal(child.pidfd(), libc::SIGKILL);
             }

@@ -61,6 +61,8 @@ pub(crate) struct Svc {
     /// Its cgroup, if it has one (set at spawn), and the OOM kills there at that time.
     pub(crate) cgroup_dir: Option<std::path::PathBuf>,
     pub(crate) oom_base: u64,
+    /// The CPU time its cgroup had used at the previous status, and when.
+    pub(crate) cpu_sample: std::cell::Cell<Option<(Instant, u64)>>,
 }
 
 impl Svc {
@@ -81,6 +83,7 @@ impl Svc {
             removing: false,
             cgroup_dir: None,
             oom_base: 0,
+            cpu_sample: std::cell::Cell::new(None),
         }
     }
 
@@ -175,6 +178,8 @@ pub struct Supervisor {
     pub(crate) child_nofile: Option<(u64, u64)>,
     /// Local services' cgroups, where they are used.
     pub(crate) cgroups: Option<crate::cgroups::Cgroups>,
+    /// Cgroups no service uses any more that could not be removed yet (still populated).
+    pub(crate) retired_cgroups: Vec<std::path::PathBuf>,
     /// The state directory's lock, held for the supervisor's life.
     _lock: std::fs::File,
 }
@@ -238,7 +243,6 @@ impl Supervisor {
     /// Loads the configuration and sets up the socket, the signals and the state directory.
     pub fn new(o: Options) -> Result<Supervisor, Error> {
         let cfg = crate::load_config(&o.config)?;
-        let cgroups = crate::cgroups::Cgroups::setup(&cfg)?;
         let socket_path = crate::control_socket_path(o.control_socket.as_deref(), cfg.control_socket.as_deref());
         let state_dir = crate::state_dir(cfg.state_dir.as_deref());
         let log_dir = state_dir.join("logs");
@@ -266,6 +270,8 @@ impl Supervisor {
             Err(std::fs::TryLockError::WouldBlock) => return Err(Error::StateDirInUse(state_dir)),
             Err(std::fs::TryLockError::Error(e)) => return Err(Error::setup("lock the state directory")(e)),
         }
+        // After the lock: a second orchestrator must not touch the cgroups of the first.
+        let cgroups = crate::cgroups::Cgroups::setup(&cfg)?;
         // Orphans of services (daemonising children) come to us to be reaped, not to PID 1.
         let _ = process::set_child_subreaper();
         // Each service holds a pidfd and up to two log pipes here: raise the soft limit on
@@ -313,6 +319,7 @@ impl Supervisor {
             in_shutdown_pass: false,
             child_nofile,
             cgroups,
+            retired_cgroups: Vec::new(),
             _lock: lock,
         })
     }
@@ -430,11 +437,10 @@ impl Supervisor {
         if let Some(h) = self.holder.take() {
             h.shutdown();
         }
-        // Services' cgroups (agent services' too), then the local base.
-        crate::cgroups::remove_all(self.services.values().filter_map(|s| s.cgroup_dir.clone()));
-        for parent in self.services.values().filter_map(|s| Some(s.cgroup_dir.as_ref()?.parent()?.to_path_buf())) {
-            let _ = std::fs::remove_dir(parent);
-        }
+        // Services' cgroups (agent services' too: their agents' `services/` stay, set up), then
+        // the local base.
+        let dirs: Vec<std::path::PathBuf> = self.services.values().filter_map(|s| s.cgroup_dir.clone()).collect();
+        crate::cgroups::remove_all(dirs.into_iter().chain(self.retired_cgroups.drain(..)));
         if let Some(cg) = &self.cgroups {
             cg.teardown();
         }

@@ -159,9 +159,14 @@ pub struct SpawnSpec<'a> {
     pub oom_score_adj: Option<i32>,
     /// The user to become before `chdir` and `execve`; `None` keeps the caller's.
     pub user: Option<User<'a>>,
-    /// A cgroup v2 directory the child joins first, before anything else runs in it: it writes
-    /// `0` to the directory's `cgroup.procs`, so it never runs unconfined.
+    /// The `cgroup.procs` file of a cgroup v2, opened for writing, that the child joins first,
+    /// before anything else runs in it (it writes `0` to it), so it never runs unconfined. A
+    /// file, never the cgroup's directory: a directory descriptor would let whoever receives it
+    /// reach the rest of the host's filesystem.
     pub cgroup: Option<BorrowedFd<'a>>,
+    /// Apply `rlimits`, `nice` and `oom_score_adj` after becoming `user`, with its privileges
+    /// rather than the spawner's: for a spawner that acts on behalf of a less privileged caller.
+    pub limits_as_user: bool,
 }
 
 /// Credentials for a spawned process.
@@ -295,6 +300,40 @@ pub(crate) fn errno() -> i32 {
     io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
 }
 
+/// The child's rlimits, nice value and `oom_score_adj`; the failed stage and errno, if any.
+/// Runs in the vfork child: no allocation.
+fn apply_limits(ctx: &ChildCtx) -> Option<(Stage, i32)> {
+    let spec = ctx.spec;
+    // SAFETY: (the whole block) thin, async-signal-safe system-call wrappers on arguments the
+    // parent prepared; none allocates.
+    unsafe {
+        for r in spec.rlimits {
+            let lim = libc::rlimit { rlim_cur: r.soft as libc::rlim_t, rlim_max: r.hard as libc::rlim_t };
+            if libc::setrlimit(r.resource as _, &lim) < 0 {
+                return Some((Stage::Rlimit, errno()));
+            }
+        }
+        if let Some(n) = spec.nice {
+            if libc::setpriority(libc::PRIO_PROCESS, 0, n) < 0 {
+                return Some((Stage::Nice, errno()));
+            }
+        }
+        if ctx.oom_len > 0 {
+            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return Some((Stage::OomScoreAdj, errno()));
+            }
+            let written = libc::write(fd, ctx.oom_text.as_ptr() as *const libc::c_void, ctx.oom_len);
+            let err = errno();
+            libc::close(fd);
+            if written != ctx.oom_len as isize {
+                return Some((Stage::OomScoreAdj, if written < 0 { err } else { libc::EIO }));
+            }
+        }
+    }
+    None
+}
+
 /// The child side of [`spawn`]. Runs on its own stack in the parent's memory: it must not
 /// allocate, lock, or return.
 extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
@@ -319,15 +358,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         for sig in 1..=64 {
             libc::syscall(libc::SYS_rt_sigaction, sig, dfl.as_ptr(), std::ptr::null_mut::<u64>(), 8usize);
         }
-        if let Some(dir) = spec.cgroup {
-            let fd = libc::openat(dir.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
+        if let Some(procs) = spec.cgroup {
+            if libc::write(procs.as_raw_fd(), b"0".as_ptr() as *const libc::c_void, 1) != 1 {
                 fail(ctx, Stage::Cgroup, errno());
             }
-            if libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) != 1 {
-                fail(ctx, Stage::Cgroup, errno());
-            }
-            libc::close(fd);
         }
         // Stdio: first lift any source that sits on 0..2 out of the way, then dup2 into place.
         let mut src: [RawFd; 3] = [-1; 3];
@@ -356,29 +390,10 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if let Some(mask) = spec.umask {
             libc::umask(mask as libc::mode_t);
         }
-        for r in spec.rlimits {
-            let lim = libc::rlimit { rlim_cur: r.soft as libc::rlim_t, rlim_max: r.hard as libc::rlim_t };
-            if libc::setrlimit(r.resource as _, &lim) < 0 {
-                fail(ctx, Stage::Rlimit, errno());
+        if !spec.limits_as_user {
+            if let Some((stage, e)) = apply_limits(ctx) {
+                fail(ctx, stage, e);
             }
-        }
-        // Both need privilege to lower (CAP_SYS_NICE, CAP_SYS_RESOURCE): set before the user
-        // changes.
-        if let Some(n) = spec.nice {
-            if libc::setpriority(libc::PRIO_PROCESS, 0, n) < 0 {
-                fail(ctx, Stage::Nice, errno());
-            }
-        }
-        if ctx.oom_len > 0 {
-            let fd = libc::open(c"/proc/self/oom_score_adj".as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                fail(ctx, Stage::OomScoreAdj, errno());
-            }
-            let written = libc::write(fd, ctx.oom_text.as_ptr() as *const libc::c_void, ctx.oom_len);
-            if written != ctx.oom_len as isize {
-                fail(ctx, Stage::OomScoreAdj, if written < 0 { errno() } else { libc::EIO });
-            }
-            libc::close(fd);
         }
         // Raw system calls: glibc's wrappers would try to change every thread's credentials,
         // which a vfork child sharing the parent's memory must not attempt.
@@ -388,6 +403,14 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 || libc::syscall(libc::SYS_setresuid, u.uid, u.uid, u.uid) < 0
             {
                 fail(ctx, Stage::User, errno());
+            }
+        }
+        if spec.limits_as_user {
+            // A change of uid made the process non-dumpable, which leaves /proc/self owned by
+            // root; exec sets it again as it should be.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1 as libc::c_ulong, 0, 0, 0);
+            if let Some((stage, e)) = apply_limits(ctx) {
+                fail(ctx, stage, e);
             }
         }
         if let Some(cwd) = spec.cwd {
@@ -538,6 +561,21 @@ pub fn set_child_subreaper() -> io::Result<()> {
     // SAFETY: plain prctl with integer arguments.
     cvt(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) })?;
     Ok(())
+}
+
+/// Whether `fd` is a regular file on a cgroup v2 filesystem (a `cgroup.procs` to join), by
+/// `fstatfs(2)` and `fstat(2)`.
+pub fn is_cgroup2_file(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+    // SAFETY: statfs is plain data, filled by the call.
+    let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `fs` is a valid out-pointer; the fd is borrowed for the call.
+    cvt(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) })?;
+    // SAFETY: stat is plain data, filled by the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a valid out-pointer; the fd is borrowed for the call.
+    cvt(unsafe { libc::fstat(fd.as_raw_fd(), &mut st) })?;
+    Ok(fs.f_type as i64 == CGROUP2_SUPER_MAGIC && st.st_mode & libc::S_IFMT == libc::S_IFREG)
 }
 
 /// `pidfd_send_signal(2)`'s flag that sends to the target's process group (Linux 6.9).

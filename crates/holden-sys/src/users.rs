@@ -62,6 +62,9 @@ pub fn resolve(
     let gid = group.map(|g| group_id(&groups_file, g)).transpose()?;
     let Some(user) = user else {
         let gid = gid.expect("group is set when user is not");
+        if gid == u32::MAX {
+            return Err(LookupError::UnknownGroup(group.unwrap_or_default().into()));
+        }
         return Ok(Some(Credentials { uid: current_uid, gid, groups: vec![gid] }));
     };
     let entry = passwd.lines().filter_map(PasswdEntry::parse).find(|e| match user.parse::<u32>() {
@@ -74,6 +77,13 @@ pub fn resolve(
         (None, Err(_)) => return Err(LookupError::UnknownUser(user.into())),
     };
     let gid = gid.unwrap_or(primary);
+    // -1 means "no change" to setresuid and setresgid: it would keep the spawner's identity.
+    if uid == u32::MAX {
+        return Err(LookupError::UnknownUser(user.into()));
+    }
+    if gid == u32::MAX {
+        return Err(LookupError::UnknownGroup(group.unwrap_or(user).into()));
+    }
     let mut groups = vec![gid];
     if let Some(name) = name {
         for line in groups_file.lines() {
@@ -158,6 +168,8 @@ mod tests {
         assert_eq!(c(Some("4242"), None), Ok(Some(Credentials { uid: 4242, gid: 4242, groups: vec![4242] })));
         assert_eq!(c(None, Some("logs")), Ok(Some(Credentials { uid: 1000, gid: 4, groups: vec![4] })));
         assert_eq!(c(Some("nosuch"), None), Err(LookupError::UnknownUser("nosuch".into())));
+        assert_eq!(c(Some("4294967295"), Some("0")), Err(LookupError::UnknownUser("4294967295".into())));
+        assert_eq!(c(None, Some("4294967295")), Err(LookupError::UnknownGroup("4294967295".into())));
         assert_eq!(c(Some("www"), Some("nosuch")), Err(LookupError::UnknownGroup("nosuch".into())));
         std::fs::remove_dir_all(&r).unwrap();
     }

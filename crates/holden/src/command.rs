@@ -223,11 +223,12 @@ impl Command {
         self
     }
 
-    /// Makes the child join a cgroup v2 before it runs anything: `dir` is the cgroup's directory,
-    /// opened (read-only) by the caller, who creates the cgroup and sets its limits. Through an
-    /// agent, the descriptor travels with the call (the agent's child joins it).
-    pub fn cgroup(&mut self, dir: OwnedFd) -> &mut Command {
-        self.cgroup = Some(dir);
+    /// Makes the child join a cgroup v2 before it runs anything: `procs` is the cgroup's
+    /// `cgroup.procs`, opened for writing by the caller, who creates the cgroup and sets its
+    /// limits. Through an agent, the descriptor travels with the call (the agent's child joins
+    /// it). Never pass the cgroup's directory: it would open the host's filesystem to the agent.
+    pub fn cgroup(&mut self, procs: OwnedFd) -> &mut Command {
+        self.cgroup = Some(procs);
         self
     }
 
@@ -322,6 +323,7 @@ impl Command {
             oom_score_adj: self.oom_score_adj,
             user: account.as_ref().map(|a| process::User { uid: a.uid, gid: a.gid, groups: &a.groups }),
             cgroup: self.cgroup.as_ref().map(|fd| fd.as_fd()),
+            limits_as_user: false,
         };
         let prog = || String::from_utf8_lossy(program).into_owned();
         match process::spawn(&spec) {
