@@ -350,6 +350,29 @@ impl Supervisor {
     }
 }
 
+/// Creates `dir` if needed and gives it exactly `mode`, whatever the umask.
+pub(crate) fn private_dir(dir: &Path, mode: u32) -> Result<(), crate::Error> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)
+        .map_err(crate::Error::setup(format!("create {}", dir.display())))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(crate::Error::setup(format!("chmod {}", dir.display())))
+}
+
+/// A fresh run id: 16 hex digits from /dev/urandom (or the clock and pid).
+pub(crate) fn new_run_id() -> String {
+    use std::io::Read;
+    let mut b = [0u8; 8];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        b = (t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

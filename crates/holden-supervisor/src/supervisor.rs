@@ -217,28 +217,6 @@ pub(crate) fn say(line: &str) {
     }
 }
 
-/// Creates `dir` if needed and gives it exactly `mode`, whatever the umask.
-fn private_dir(dir: &Path, mode: u32) -> Result<(), Error> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(mode)
-        .create(dir)
-        .map_err(Error::setup(format!("create {}", dir.display())))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(Error::setup(format!("chmod {}", dir.display())))
-}
-
-fn new_run_id() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
-        let t = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        b = (t.as_nanos() as u64 ^ (u64::from(std::process::id()) << 32)).to_le_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 impl Supervisor {
     /// Loads the configuration and sets up the socket, the signals and the state directory.
     pub fn new(o: Options) -> Result<Supervisor, Error> {
@@ -246,8 +224,8 @@ impl Supervisor {
         let socket_path = crate::control_socket_path(o.control_socket.as_deref(), cfg.control_socket.as_deref());
         let state_dir = crate::state_dir(cfg.state_dir.as_deref());
         let log_dir = state_dir.join("logs");
-        private_dir(&state_dir, 0o700)?;
-        private_dir(&log_dir, 0o750)?;
+        crate::state::private_dir(&state_dir, 0o700)?;
+        crate::state::private_dir(&log_dir, 0o750)?;
         // Blocked before anything can start a thread or a child, so no signal is lost.
         let signals = SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD])
             .map_err(Error::setup("signalfd"))?;
@@ -303,7 +281,7 @@ impl Supervisor {
             state_file: StateFile::new(&state_dir),
             state_dirty: true,
             state_error: None,
-            run_id: new_run_id(),
+            run_id: crate::state::new_run_id(),
             runs: Vec::new(),
             spawn_seq: 0,
             spawn_queue: VecDeque::new(),

@@ -22,6 +22,7 @@ pub mod fd;
 mod features;
 pub mod process;
 pub mod socket;
+mod spawn;
 pub mod users;
 
 /// Turns a C-style `-1`/`errno` return into an `io::Result`.
