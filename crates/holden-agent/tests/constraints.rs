@@ -99,22 +99,8 @@ fn bad_constraints_are_named_errors() {
 fn a_caller_running_as_itself_may_not_choose_a_user() {
     require_root();
     let agent = TestAgent::start(&["--socket-mode", "0666", "--allow-uid", "65534"]);
-    let call = b"{\"method\":\"io.holden.Agent.Spawn\",\"parameters\":{\"argv\":[\"true\"],\"user\":\"root\"}}\0";
-    // This binary as the client, copied where uid 65534 may run it.
-    let exe = agent.dir.0.join("client");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    std::fs::set_permissions(&exe, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
-        .unwrap();
-    let out = std::process::Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
-        .arg(&exe)
-        .args(["--exact", "raw_client_role", "--nocapture", "--test-threads=1"])
-        .env("HOLDEN_TEST_RAW_CLIENT", &agent.socket)
-        .env("HOLDEN_TEST_RAW_CALL", std::str::from_utf8(&call[..call.len() - 1]).unwrap())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("io.holden.Agent.PermissionDenied"), "{stdout}");
+    let reply = spawn_as_nobody(&agent, "\"user\":\"root\"");
+    assert!(reply.contains("io.holden.Agent.PermissionDenied"), "{reply}");
     assert_no_children(agent.pid());
 }
 
@@ -126,22 +112,7 @@ fn a_caller_running_as_itself_may_not_choose_a_user() {
 fn regression_a_caller_running_as_itself_sets_limits_with_its_own_privileges() {
     require_root();
     let agent = TestAgent::start(&["--socket-mode", "0666", "--allow-uid", "65534"]);
-    let exe = agent.dir.0.join("client");
-    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    std::fs::set_permissions(&exe, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
-        .unwrap();
-    let as_nobody = |params: &str| {
-        let call = format!("{{\"method\":\"io.holden.Agent.Spawn\",\"parameters\":{{\"argv\":[\"true\"],{params}}}}}");
-        let out = std::process::Command::new("setpriv")
-            .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
-            .arg(&exe)
-            .args(["--exact", "raw_client_role", "--nocapture", "--test-threads=1"])
-            .env("HOLDEN_TEST_RAW_CLIENT", &agent.socket)
-            .env("HOLDEN_TEST_RAW_CALL", call)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let as_nobody = |params: &str| spawn_as_nobody(&agent, params);
     let reply = as_nobody("\"nice\":-5");
     assert!(reply.contains("io.holden.Agent.SpawnFailed") && reply.contains("\"stage\":\"nice\""), "{reply}");
     let reply = as_nobody("\"oom_score_adj\":-500");
@@ -154,7 +125,28 @@ fn regression_a_caller_running_as_itself_sets_limits_with_its_own_privileges() {
     assert_no_children(agent.pid());
 }
 
-/// The client of [`a_caller_running_as_itself_may_not_choose_a_user`]: this binary, started as
+/// A `Spawn` of `true` with `params` (JSON members) sent by uid 65534 (this binary's
+/// [`raw_client_role`], copied where that uid may run it); the agent's reply.
+fn spawn_as_nobody(agent: &TestAgent, params: &str) -> String {
+    let exe = agent.dir.0.join("client");
+    if !exe.exists() {
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        let mode = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+        std::fs::set_permissions(&exe, mode).unwrap();
+    }
+    let call = format!("{{\"method\":\"io.holden.Agent.Spawn\",\"parameters\":{{\"argv\":[\"true\"],{params}}}}}");
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["--exact", "raw_client_role", "--nocapture", "--test-threads=1"])
+        .env("HOLDEN_TEST_RAW_CLIENT", &agent.socket)
+        .env("HOLDEN_TEST_RAW_CALL", call)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The client of [`spawn_as_nobody`]: this binary, started as
 /// uid 65534 with `HOLDEN_TEST_RAW_CLIENT` naming the socket. In a normal run it does nothing.
 #[test]
 fn raw_client_role() {

@@ -28,6 +28,18 @@ fn base(tag: &str) -> (String, PathBuf) {
     (path, dir)
 }
 
+/// Where there is no cgroup v2: `holden up` refuses `services` at start-up, before anything
+/// runs, with an error that names `what` and the missing cgroup v2. Returns the error.
+fn refused_at_start(dir: &Dir, services: &str, what: &str) -> String {
+    write_config(dir, services);
+    let out =
+        Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("holden.toml")).stdin(Stdio::null()).output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains(what) && err.contains("not cgroup v2"), "{err}");
+    err
+}
+
 fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
@@ -60,16 +72,7 @@ kill_mode = "cgroup"
 "#
     );
     if !cgroup_v2() {
-        // The clear error, before anything starts.
-        write_config(&dir, &services);
-        let out =
-            Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("holden.toml")).stdin(Stdio::null()).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(
-            err.contains("service daemon: kill_mode = \"cgroup\" needs cgroups") && err.contains("not cgroup v2"),
-            "{err}"
-        );
+        let err = refused_at_start(&dir, &services, "service daemon: kill_mode = \"cgroup\" needs cgroups");
         println!("no cgroup v2 here: the error is {err:?}; make vm-test runs the limits");
         return;
     }
@@ -188,12 +191,7 @@ kill_mode = "cgroup"
         agent.socket.display()
     );
     if !cgroup_v2() {
-        write_config(&dir, &services);
-        let out =
-            Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("holden.toml")).stdin(Stdio::null()).output().unwrap();
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("service inside: memory_max needs cgroups") && err.contains("not cgroup v2"), "{err}");
+        refused_at_start(&dir, &services, "service inside: memory_max needs cgroups");
         return;
     }
     // The agent's own cgroup, as a container runtime would give it.
