@@ -32,8 +32,8 @@ clean:
 	$(CARGO) clean
 
 # The tests on Debian's 6.1, 6.12 and 6.12-rt kernels in a qemu guest (README "VM tests"):
-#   make vm-test KERNEL=6.12 [GUEST=podman] [TEST=substring] [VM_SCRIPT=/abs/script.sh] [VM_SHELL=1]
+#   make vm-test KERNEL=6.12 [GUEST=podman] [BENCH=cgroup] [TEST=substring] [VM_SCRIPT=/abs/script.sh] [VM_SHELL=1]
 KERNEL ?= 6.12
 .PHONY: vm-test
 vm-test:
-	KERNEL="$(KERNEL)" GUEST="$(GUEST)" TEST="$(TEST)" VM_SCRIPT="$(VM_SCRIPT)" VM_SHELL="$(VM_SHELL)" CARGO="$(CARGO)" bash vm/vm-test
+	KERNEL="$(KERNEL)" GUEST="$(GUEST)" BENCH="$(BENCH)" TEST="$(TEST)" VM_SCRIPT="$(VM_SCRIPT)" VM_SHELL="$(VM_SHELL)" CARGO="$(CARGO)" bash vm/vm-test
