@@ -420,7 +420,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 start_limit,
                 stdout: parse_output(s.stdout.clone()),
                 stderr: parse_output(s.stderr.clone()),
-                kill_mode: s.kill_mode.unwrap_or(KillMode::Process),
+                // A service with a cgroup is stopped whole by default.
+                kill_mode: s.kill_mode.unwrap_or(if constraints.cgroup.is_empty() {
+                    KillMode::Process
+                } else {
+                    KillMode::Cgroup
+                }),
                 constraints,
             },
         );

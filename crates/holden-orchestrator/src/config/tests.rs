@@ -90,3 +90,12 @@ fn a_self_dependency_is_a_cycle() {
     let e = p("[services.a]\ncommand = [\"x\"]\ndepends_on = [\"a\"]\n").unwrap_err();
     assert!(e.message.contains("a -> a"), "{e}");
 }
+
+#[test]
+fn a_service_with_a_cgroup_is_stopped_whole_by_default() {
+    let svc = |keys: &str| p(&format!("[services.s]\ncommand = [\"true\"]\n{keys}\n")).unwrap().services["s"].kill_mode;
+    assert_eq!(svc(""), KillMode::Process);
+    assert_eq!(svc("pids_max = 5"), KillMode::Cgroup);
+    assert_eq!(svc("pids_max = 5\nkill_mode = \"process\""), KillMode::Process);
+    assert_eq!(svc("kill_mode = \"group\""), KillMode::Group);
+}
