@@ -242,3 +242,61 @@ kill_mode = "cgroup"
     std::fs::remove_dir(cgroup.join("services")).unwrap();
     std::fs::remove_dir(&cgroup).unwrap();
 }
+
+/// `cgroup = "auto"` (the default): an orchestrator started in a cgroup of its own (as systemd's
+/// `Delegate=yes` gives it) moves into the leaf `supervisor` and puts its services below; at
+/// shutdown `services/` goes; started again from inside the leaf, it finds the same base.
+#[test]
+fn auto_uses_the_orchestrators_own_cgroup_and_finds_it_again() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Dir::new("cgroups-auto");
+    let services = "[services.s]\ncommand = [\"sleep\", \"1007\"]\npids_max = 5\n";
+    if !cgroup_v2() {
+        refused_at_start(&dir, services, "service s: pids_max needs cgroups");
+        return;
+    }
+    let (_, cgroup) = base("auto");
+    std::fs::create_dir(&cgroup).unwrap();
+    write_config(&dir, services);
+    let rel = |p: &Path| format!("0::/{}", p.strip_prefix("/sys/fs/cgroup").unwrap().display());
+    let cgroup_of = |pid: u32| read(Path::new(&format!("/proc/{pid}/cgroup"))).trim().to_owned();
+    // Twice: from the cgroup given, then from inside the leaf the first run made.
+    for (round, start_in) in [cgroup.clone(), cgroup.join("supervisor")].into_iter().enumerate() {
+        let mut up = Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo $$ > {}/cgroup.procs && exec \"$0\" up -c \"$1\"", start_in.display()))
+            .arg(HOLDEN)
+            .arg(dir.path("holden.toml"))
+            .env(MARKER, &dir.0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_socket(&dir.path("control.sock"));
+        let status = || {
+            let out = Command::new(HOLDEN)
+                .args(["status", "--json", "s", "--control-socket"])
+                .arg(dir.path("control.sock"))
+                .output()
+                .unwrap();
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default()[0].clone()
+        };
+        wait_until("s runs", Duration::from_secs(10), || status()["state"] == "running", || status().to_string());
+        let pid = status()["pid"].as_u64().unwrap() as u32;
+        assert_eq!(cgroup_of(pid), rel(&cgroup.join("services/s")), "round {round}: the service below the base");
+        assert_eq!(cgroup_of(up.id()), rel(&cgroup.join("supervisor")), "round {round}: the orchestrator in the leaf");
+        kill(up.id() as i32, 15);
+        assert!(up.wait().unwrap().success(), "round {round}");
+        assert!(!cgroup.join("services").exists(), "round {round}: services/ is left after shutdown");
+    }
+    wait_until(
+        "the leaf is empty",
+        Duration::from_secs(5),
+        || read(&cgroup.join("cgroup.events")).contains("populated 0"),
+        String::new,
+    );
+    std::fs::remove_dir(cgroup.join("supervisor")).unwrap();
+    std::fs::remove_dir(&cgroup).unwrap();
+    dir.assert_no_leftovers(&[]);
+}

@@ -118,7 +118,14 @@ impl Cgroups {
                          Delegate=yes) or set [orchestrator] cgroup to a path",
                     );
                 }
-                let base = PathBuf::from(format!("{ROOT}{own}"));
+                let mut base = PathBuf::from(format!("{ROOT}{own}"));
+                // Already in the leaf an earlier run made: the base is its parent.
+                let delegating = |p: &Path| {
+                    !std::fs::read_to_string(p.join("cgroup.subtree_control")).unwrap_or_default().trim().is_empty()
+                };
+                if base.file_name().is_some_and(|n| n == "supervisor") && base.parent().is_some_and(delegating) {
+                    base.pop();
+                }
                 // Move into a leaf, so that controllers can be enabled for the base's children.
                 let leaf = base.join("supervisor");
                 if let Err(e) = std::fs::create_dir_all(&leaf)
