@@ -61,6 +61,7 @@ start_limit = {{ burst = 100, interval = "60s" }}
 [services.forker]
 command = ["sh", "-c", "i=0; while [ $i -lt 40 ]; do sleep 1000 & i=$((i+1)); done; wait"]
 pids_max = 8
+kill_mode = "process"        # the storm's sleeps stay when its shell gives up
 
 [services.spinner]
 command = ["sh", "-c", "while :; do :; done"]
@@ -299,4 +300,66 @@ fn auto_uses_the_orchestrators_own_cgroup_and_finds_it_again() {
     std::fs::remove_dir(cgroup.join("supervisor")).unwrap();
     std::fs::remove_dir(&cgroup).unwrap();
     dir.assert_no_leftovers(&[]);
+}
+
+/// After an orchestrator crash, the cgroups are how what services forked is found, even a
+/// daemon that dropped its spawn tag (`env -i`): an adopted service keeps its cgroup, so that
+/// stopping it ends its daemon too; the cgroup of a service that died meanwhile is emptied, its
+/// old daemon with it.
+#[test]
+fn after_a_crash_the_cgroups_find_what_services_forked() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = Dir::new("cgroups-crash");
+    let (path, cgroup) = base("crash");
+    let services = format!(
+        r#"cgroup = "{path}"
+
+[services.a]
+command = ["sh", "-c", "env -i /bin/sh -c 'exec /bin/sleep 1011' </dev/null >/dev/null 2>&1 & exec sleep 1010"]
+pids_max = 10
+
+[services.b]
+command = ["sh", "-c", "env -i /bin/sh -c 'exec /bin/sleep 1013' </dev/null >/dev/null 2>&1 & exec sleep 1012"]
+pids_max = 10
+"#
+    );
+    if !cgroup_v2() {
+        refused_at_start(&dir, &services, "service a: pids_max needs cgroups");
+        return;
+    }
+    let up = Up::start(&dir, &services);
+    let a = up.wait_state("a", "running")["pid"].as_i64().unwrap();
+    let b = up.wait_state("b", "running")["pid"].as_i64().unwrap();
+    // The daemons dropped the test's marker with the rest of their environment: found by
+    // their command lines.
+    let running = |argv: &str| -> Vec<i32> {
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| cmdline(*pid).is_some_and(|c| c.trim_end() == argv) && alive(*pid))
+            .collect()
+    };
+    let both = || running("/bin/sleep 1011").len() == 1 && running("/bin/sleep 1013").len() == 1;
+    wait_until("both daemons run", Duration::from_secs(10), both, String::new);
+    let (daemon_a, daemon_b) = (running("/bin/sleep 1011")[0], running("/bin/sleep 1013")[0]);
+    up.crash();
+    // b's main process dies while no orchestrator runs; its daemon lives on, untagged.
+    kill(b as i32, 9);
+    wait_until("b is gone", Duration::from_secs(5), || !alive(b as i32), String::new);
+
+    let up = Up::start(&dir, &services);
+    assert_eq!(up.wait_state("a", "running")["pid"].as_i64(), Some(a), "a is adopted:\n{}", up.output());
+    up.wait_for("b", "started again", |s| s["state"] == "running" && s["pid"].as_i64() != Some(b));
+    wait_until("b's old daemon is ended", Duration::from_secs(5), || !alive(daemon_b), || up.output());
+    assert!(up.output().contains("b: ending what the last run left in"), "{}", up.output());
+    assert!(alive(daemon_a), "a's daemon runs on with a");
+    assert!(up.cli(&["stop", "a"]).status.success());
+    up.wait_state("a", "stopped");
+    wait_until("a's daemon is stopped with a", Duration::from_secs(5), || !alive(daemon_a), || up.output());
+    up.stop(&dir, &[]);
+    // The base existed when the second run began (the first made it), so it stays: a base
+    // given by path is removed only by the run that created it.
+    assert!(!cgroup.join("services").exists(), "services/ is left after shutdown");
+    std::fs::remove_dir(&cgroup).unwrap();
 }

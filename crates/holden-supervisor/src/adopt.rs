@@ -120,7 +120,31 @@ impl Supervisor {
             }
         }
         self.restore_intents(&previous.intents);
+        self.adopt_cgroups();
         self.sweep_strays(&adopted_tags);
+    }
+
+    /// After a crash, the services' cgroups are how what they forked is found, even processes
+    /// that shed their spawn tag: an adopted service keeps its cgroup (its limits, its
+    /// `kill_mode = "cgroup"`, its usage), and the cgroup of a service not adopted is emptied.
+    fn adopt_cgroups(&mut self) {
+        let names: Vec<String> = self.services.keys().cloned().collect();
+        for name in names {
+            let Some(dir) = self.cgroup_dir_of(&name) else { continue };
+            let svc = self.services.get_mut(&name).expect("present");
+            let main = svc.m.pid.filter(|_| svc.proc.is_some());
+            match main.and_then(crate::cgroups::cgroup_of) {
+                Some(got) if got.starts_with(&dir) => {
+                    svc.oom_base = crate::cgroups::oom_kills(&dir);
+                    svc.cgroup_dir = Some(dir);
+                }
+                _ if crate::cgroups::populated(&dir) => {
+                    say(&format!("{name}: ending what the last run left in {}", dir.display()));
+                    crate::cgroups::kill(&dir);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn restore_intents(&mut self, intents: &std::collections::BTreeMap<String, Intent>) {

@@ -163,13 +163,8 @@ impl Supervisor {
         }
         // The service's cgroup: below ours for a local service, below the agent's for an agent
         // service; its limits written before the child joins it.
-        let needs_cgroup = !c.cgroup.is_empty() || cfg.kill_mode == KillMode::Cgroup;
         let path = cfg.agent.as_ref().map(|a| self.cfg.agents.get(a).map(|a| a.socket.clone()).unwrap_or_default());
-        let dir = match (&path, &self.cgroups) {
-            (None, Some(cg)) if needs_cgroup => Some(Ok(cg.dir(name))),
-            (Some(socket), _) if needs_cgroup => Some(crate::cgroups::agent_service_dir(socket, name)),
-            _ => None,
-        };
+        let dir = self.service_cgroup(name);
         // What an earlier spawn used (settings change at reload): forgotten, and removed if it
         // is not the one used now.
         let svc = self.services.get_mut(name).expect("present");
@@ -234,6 +229,26 @@ impl Supervisor {
         if let Some(svc) = self.services.get_mut(name) {
             svc.in_flight = Some(token);
         }
+    }
+
+    /// Where service `name`'s cgroup is (made ready below an agent's), if it needs one.
+    pub(crate) fn service_cgroup(&self, name: &str) -> Option<Result<std::path::PathBuf, String>> {
+        let cfg = &self.services.get(name)?.cfg;
+        if cfg.constraints.cgroup.is_empty() && cfg.kill_mode != KillMode::Cgroup {
+            return None;
+        }
+        match &cfg.agent {
+            None => self.cgroups.as_ref().map(|cg| Ok(cg.dir(name))),
+            Some(a) => {
+                let socket = self.cfg.agents.get(a).map(|a| a.socket.clone()).unwrap_or_default();
+                Some(crate::cgroups::agent_service_dir(&socket, name))
+            }
+        }
+    }
+
+    /// Service `name`'s cgroup directory, if it has one that exists.
+    pub(crate) fn cgroup_dir_of(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.service_cgroup(name)?.ok().filter(|d| d.is_dir())
     }
 
     /// An agent call is ready: move it on.
