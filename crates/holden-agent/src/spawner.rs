@@ -30,6 +30,8 @@ struct Setup<'a> {
     oom_score_adj: Option<i32>,
     user: Option<User<'a>>,
     cgroup: Option<BorrowedFd<'a>>,
+    /// More descriptors for the child: (number, descriptor), by increasing number.
+    extra_fds: &'a [(i32, BorrowedFd<'a>)],
     /// The caller's processes run as the caller: limits are set with its privileges.
     limits_as_user: bool,
 }
@@ -107,6 +109,9 @@ impl Spawner {
         let limits_as_user = user.is_some();
         // The cgroup to join: its cgroup.procs on a cgroup v2 (never a directory).
         let cgroup = p.cgroup.map(|i| fds[i as usize].as_fd());
+        // Checked by the decoder: numbers from 3 to 255, each once, in increasing order.
+        let extra_fds: Vec<(i32, BorrowedFd<'_>)> =
+            p.fds.iter().flatten().map(|f| (f.number as i32, fds[f.fd as usize].as_fd())).collect();
         if let Some(fd) = cgroup {
             if !process::is_cgroup2_file(fd).unwrap_or(false) {
                 return Err(AgentError::InvalidParameter {
@@ -141,6 +146,7 @@ impl Spawner {
             oom_score_adj: p.oom_score_adj,
             user,
             cgroup,
+            extra_fds: &extra_fds,
             limits_as_user,
         };
         self.run(&argv, envp, path, cwd.as_deref(), stdio, setup)
@@ -163,6 +169,7 @@ impl Spawner {
             limits_as_user: user.is_some(),
             user,
             cgroup: None,
+            extra_fds: &[],
         };
         self.run(&argv, &self.envp, self.path.as_deref(), None, stdio, setup)
     }
@@ -206,7 +213,7 @@ impl Spawner {
         let program = argv[0].as_bytes();
         // PATH lookup uses the child's own PATH, as std::process::Command does.
         let candidates = process::exec_candidates(program, path);
-        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user, cgroup, limits_as_user } = setup;
+        let Setup { setsid, umask, rlimits, nice, oom_score_adj, user, cgroup, extra_fds, limits_as_user } = setup;
         let spec = SpawnSpec {
             candidates: &candidates,
             argv,
@@ -220,6 +227,7 @@ impl Spawner {
             oom_score_adj,
             user,
             cgroup,
+            extra_fds,
             limits_as_user,
         };
         process::spawn(&spec).map_err(|e| {

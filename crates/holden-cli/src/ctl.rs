@@ -56,7 +56,7 @@ fn timeout() -> Result<Duration, String> {
 
 fn usage(cmd: &str) -> &'static str {
     match cmd {
-        "status" => "Usage: holden status [--json] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent, and MEM and CPU where services have cgroups. With --json, a JSON array of objects with\nthe keys name, state, wanted, pid (null when not running), since_ms, restarts, last_exit,\nlast_error and agent, and for a service with a cgroup memory_bytes, cpu_usec, cpu_percent,\noom_kills and pids.\n",
+        "status" => "Usage: holden status [--json] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent, and MEM and CPU where services have cgroups. READY/HEALTH is healthy or unhealthy once\na health check has answered, else ready when the service is ready (its ready check passed, or\nit runs and has none), else -. A service held by a dependency shows what it waits for as its\nlast exit. With --json, a JSON array of objects with the keys name, state, wanted, pid (null\nwhen not running), since_ms, restarts, last_exit, last_error, agent, ready, health (unknown,\nhealthy or unhealthy), health_check and waiting (when held), and for a service with a cgroup\nmemory_bytes, cpu_usec, cpu_percent, oom_kills and pids.\n",
         "start" => "Usage: holden start NAME...\n\nAsks for services to be up; a failed or exited service starts afresh.\n",
         "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
         "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
@@ -399,10 +399,16 @@ pub fn table(list: &[ServiceStatus]) -> String {
                 } else {
                     s.state.clone()
                 },
+                match s.health.as_str() {
+                    "healthy" | "unhealthy" if s.health_check => s.health.clone(),
+                    _ if s.ready => "ready".into(),
+                    _ => dash(),
+                },
                 s.pid.map_or_else(dash, |p| p.to_string()),
                 if s.state == "running" { human(s.since_ms) } else { dash() },
                 s.restarts.to_string(),
                 match (&s.last_exit, &s.last_error) {
+                    _ if s.waiting.is_some() => s.waiting.clone().unwrap_or_default(),
                     (_, Some(e)) if s.state != "running" => e.clone(),
                     (Some(x), _) => x.clone(),
                     _ => dash(),
@@ -414,13 +420,14 @@ pub fn table(list: &[ServiceStatus]) -> String {
             ]
         })
         .collect();
-    let mut head = vec!["NAME", "STATE", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT", "MEM", "CPU"];
+    let mut head =
+        vec!["NAME", "STATE", "READY/HEALTH", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT", "MEM", "CPU"];
     let mut rows = rows;
     // MEM and CPU only where some service has a cgroup.
     if !list.iter().any(|s| s.memory_bytes.is_some() || s.cpu_usec.is_some()) {
-        head.truncate(7);
+        head.truncate(8);
         for r in &mut rows {
-            r.truncate(7);
+            r.truncate(8);
         }
     }
     let mut width: Vec<usize> = head.iter().map(|h| h.len()).collect();

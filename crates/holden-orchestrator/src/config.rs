@@ -27,6 +27,7 @@ use toml::Spanned;
 
 use crate::constraints::RawConstraints;
 pub use crate::constraints::{CgroupLimit, Constraints};
+pub use crate::readiness::{Condition, Dependency, Health, Probe, ReadyWhen};
 
 /// The longest service name (it names files and keys; 128 is plenty).
 pub const MAX_NAME: usize = 128;
@@ -120,8 +121,16 @@ pub struct Service {
     pub env: BTreeMap<String, String>,
     /// Working directory.
     pub cwd: Option<PathBuf>,
-    /// Services started before this one and stopped after it.
+    /// Services started before this one and stopped after it, in the order written.
     pub depends_on: Vec<String>,
+    /// What this one waits for of each of `depends_on` (the list form: `started`).
+    pub dependencies: BTreeMap<String, Dependency>,
+    /// How it says it is ready, if it does.
+    pub ready: Option<ReadyWhen>,
+    /// Not ready by then after a spawn: a failed start.
+    pub ready_timeout: Duration,
+    /// Its health check, if any.
+    pub health: Option<Health>,
     /// The signal that asks it to stop (followed by SIGCONT).
     pub stop_signal: i32,
     /// How long it may take to stop before SIGKILL.
@@ -213,8 +222,10 @@ struct RawService {
     #[serde(default)]
     env: BTreeMap<String, String>,
     cwd: Option<PathBuf>,
-    #[serde(default)]
-    depends_on: Vec<Spanned<String>>,
+    depends_on: Option<Spanned<toml::Value>>,
+    ready: Option<Spanned<toml::Value>>,
+    ready_timeout: Option<Spanned<String>>,
+    health: Option<Spanned<toml::Value>>,
     stop_signal: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<String>>,
     backoff: Option<RawBackoff>,
@@ -342,11 +353,33 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 return Err(at(a.span(), format!("service {n}: unknown agent {:?}", a.get_ref())));
             }
         }
-        for d in &s.depends_on {
-            if !raw.services.keys().any(|k| k.get_ref() == d.get_ref()) {
-                return Err(at(d.span(), format!("service {n}: depends on unknown service {:?}", d.get_ref())));
+        let deps = match &s.depends_on {
+            None => Vec::new(),
+            Some(d) => crate::readiness::depends_on(d.get_ref(), &d.span()).map_err(|(span, m)| at(span, m))?,
+        };
+        for (d, terms) in &deps {
+            let span = || crate::readiness::locate(text, &s.depends_on.as_ref().expect("listed").span(), d);
+            let Some((_, dep)) = raw.services.iter().find(|(k, _)| k.get_ref() == d) else {
+                return Err(at(span(), format!("service {n}: depends on unknown service {d:?}")));
+            };
+            if terms.condition == Condition::Completed && dep.restart == Some(Restart::Always) {
+                return Err(at(span(), format!("service {n}: {d} has restart = \"always\" and never completes")));
             }
         }
+        let captured = [&s.stdout, &s.stderr].iter().any(|o| parse_output((*o).clone()) == Output::Log);
+        let ready = match &s.ready {
+            None => None,
+            Some(r) => {
+                Some(crate::readiness::ready(r.get_ref(), &r.span(), captured).map_err(|(span, m)| at(span, m))?)
+            }
+        };
+        if let (None, Some(t)) = (&ready, &s.ready_timeout) {
+            return Err(at(t.span(), format!("service {n}: ready_timeout needs ready")));
+        }
+        let health = match &s.health {
+            None => None,
+            Some(h) => Some(crate::readiness::health(h.get_ref(), &h.span()).map_err(|(span, m)| at(span, m))?),
+        };
         let constraints = RawConstraints {
             user: &s.user,
             group: &s.group,
@@ -413,7 +446,11 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 restart: s.restart.unwrap_or(Restart::OnFailure),
                 env: s.env.clone(),
                 cwd: s.cwd.clone(),
-                depends_on: s.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
+                depends_on: deps.iter().map(|(d, _)| d.clone()).collect(),
+                dependencies: deps.into_iter().collect(),
+                ready,
+                ready_timeout: dur(&s.ready_timeout, crate::readiness::DEFAULT_READY_TIMEOUT)?,
+                health,
                 stop_signal,
                 stop_timeout: dur(&s.stop_timeout, Duration::from_secs(5))?,
                 backoff,
@@ -432,7 +469,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
     }
     if let Some(cycle) = find_cycle(&services) {
         let (name, s) = raw.services.iter().find(|(k, _)| *k.get_ref() == cycle[0]).expect("a configured service");
-        let dep = s.depends_on.iter().find(|d| *d.get_ref() == cycle[1]).map_or(name.span(), |d| d.span());
+        let dep = s.depends_on.as_ref().map_or(name.span(), |d| crate::readiness::locate(text, &d.span(), &cycle[1]));
         return Err(at(dep, format!("dependency cycle: {}", cycle.join(" -> "))));
     }
     let log_max_size = match &raw.orchestrator.log_max_size {

@@ -26,7 +26,7 @@ pub const MAX_NAMES: usize = 4096;
 pub const MAX_LOG_LINES: u32 = 100_000;
 
 /// One service as the orchestrator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceStatus {
     /// Its name.
     pub name: String,
@@ -61,6 +61,22 @@ pub struct ServiceStatus {
     /// With a cgroup: its processes and threads (`pids.current`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
+    /// Running and ready (its `ready` check passed; at once without one).
+    #[serde(default)]
+    pub ready: bool,
+    /// `unknown`, `healthy` or `unhealthy`; `unknown` also without a health check.
+    #[serde(default = "unknown")]
+    pub health: String,
+    /// Whether it has a health check (the table shows `-` where it has none).
+    #[serde(default)]
+    pub health_check: bool,
+    /// Held back before its spawn: what it waits for (`waiting for db: ready`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+fn unknown() -> String {
+    "unknown".into()
 }
 
 /// A state change, as Events streams it.
@@ -78,6 +94,23 @@ pub struct StateChange {
     pub last_exit: Option<String>,
     /// Its last spawn error.
     pub last_error: Option<String>,
+    /// Running and ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// `unknown`, `healthy` or `unhealthy`.
+    #[serde(default = "unknown")]
+    pub health: String,
+    /// What changed: `state` (the state or the pid), `ready`, `healthy`, `unhealthy` or
+    /// `waiting` (held back by a dependency).
+    #[serde(default = "state_kind")]
+    pub change: String,
+    /// Held back before its spawn: what it waits for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+}
+
+fn state_kind() -> String {
+    "state".into()
 }
 
 /// What Reload did.

@@ -18,3 +18,4 @@ mod constraints;
 pub mod control;
 pub mod machine;
 pub mod plan;
+mod readiness;

@@ -26,6 +26,34 @@ pub struct Policy {
     pub stop_signal: i32,
     /// How long it may take to stop before SIGKILL.
     pub stop_timeout: Duration,
+    /// It says when it is ready (`ready`); else it is ready once running.
+    pub ready_check: bool,
+    /// Not ready this long after the spawn: a failed start.
+    pub ready_timeout: Duration,
+    /// Consecutive failed health checks that restart it.
+    pub health_failures: u32,
+}
+
+/// What the health checks say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// No check has answered since the start (or there is no check).
+    Unknown,
+    /// The last check passed.
+    Healthy,
+    /// `failures` checks in a row failed.
+    Unhealthy,
+}
+
+impl Health {
+    /// The lower-case name shown in status output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Health::Unknown => "unknown",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
 }
 
 /// What the operator wants.
@@ -120,6 +148,13 @@ pub enum Event {
     },
     /// A timer the service armed has fired (spurious ones are ignored).
     Timer,
+    /// It said it is ready (or its readiness probe passed).
+    Ready,
+    /// A health check answered: passed or not.
+    Checked {
+        /// Passed.
+        ok: bool,
+    },
 }
 
 /// What the event loop must do.
@@ -160,6 +195,15 @@ pub struct Service {
     pub delay: Duration,
     /// When the pending timer fires (backing off: restart; stopping: SIGKILL).
     pub deadline: Option<Instant>,
+    /// Running and ready (at once for a service without a readiness check).
+    pub ready: bool,
+    /// What the health checks say.
+    pub health: Health,
+    /// Failed health checks in a row.
+    pub failures: u32,
+    /// Stopped because it was not ready in time or unhealthy: its exit is a failure, and the
+    /// restart policy decides (with backoff).
+    failed_check: bool,
     /// Start times inside the start-limit window.
     starts: VecDeque<Instant>,
     started_once: bool,
@@ -178,6 +222,10 @@ impl Service {
             last_error: None,
             delay: Duration::ZERO,
             deadline: None,
+            ready: false,
+            health: Health::Unknown,
+            failures: 0,
+            failed_check: false,
             starts: VecDeque::new(),
             started_once: false,
         }
@@ -187,6 +235,25 @@ impl Service {
         if self.state != state {
             self.state = state;
             self.since = now;
+        }
+        if state != State::Running {
+            self.ready = false;
+            self.health = Health::Unknown;
+            self.failures = 0;
+        }
+    }
+
+    /// Now running (spawned or adopted): ready at once without a check, else given until
+    /// the ready timeout.
+    fn running(&mut self, p: &Policy, now: Instant, acts: &mut Vec<Action>) {
+        self.set(State::Running, now);
+        self.failed_check = false;
+        if !p.ready_check {
+            self.ready = true;
+        } else if self.wanted == Wanted::Up {
+            let until = now + p.ready_timeout;
+            self.deadline = Some(until);
+            acts.push(Action::ArmTimer(until));
         }
     }
 
@@ -280,7 +347,7 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
             if s.state == State::Starting {
                 s.pid = Some(pid);
                 s.last_error = None;
-                s.set(State::Running, now);
+                s.running(p, now, &mut acts);
                 if s.wanted == Wanted::Down {
                     s.stop(p, now, &mut acts);
                 }
@@ -306,7 +373,8 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
         Event::Exited(exit) => {
             if matches!(s.state, State::Running | State::Stopping) {
                 let ran = now.duration_since(s.since);
-                let was_stopping = s.state == State::Stopping;
+                // Stopped for a failed check: an end like any failure, restarted by policy.
+                let was_stopping = s.state == State::Stopping && !std::mem::take(&mut s.failed_check);
                 s.pid = None;
                 s.last_exit = Some(exit);
                 s.deadline = None;
@@ -317,9 +385,10 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                     s.delay = Duration::ZERO;
                     s.try_start(p, now, &mut acts);
                 } else {
+                    let failed = !exit.success() || s.last_error.is_some();
                     let restart = match p.restart {
                         Restart::Always => true,
-                        Restart::OnFailure => !exit.success(),
+                        Restart::OnFailure => failed,
                         Restart::Never => false,
                     };
                     if !restart {
@@ -343,7 +412,7 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                 s.wanted = Wanted::Up;
                 s.started_once = true;
                 s.pid = Some(pid);
-                s.set(State::Running, now);
+                s.running(p, now, &mut acts);
             }
         }
         Event::Timer => match s.state {
@@ -352,223 +421,41 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                 s.deadline = None;
                 acts.push(Action::Signal(SIGKILL));
             }
+            State::Running if !s.ready && s.deadline.is_some_and(|d| now >= d) => {
+                s.last_error = Some(format!("not ready within {:?}", p.ready_timeout));
+                s.failed_check = true;
+                s.stop(p, now, &mut acts);
+            }
             _ => {}
         },
+        Event::Ready => {
+            if s.state == State::Running && !s.ready {
+                s.ready = true;
+                s.deadline = None;
+            }
+        }
+        Event::Checked { ok } => {
+            if s.state == State::Running {
+                if ok {
+                    s.failures = 0;
+                    s.health = Health::Healthy;
+                } else {
+                    s.failures += 1;
+                    if s.failures >= p.health_failures && s.health != Health::Unhealthy {
+                        s.health = Health::Unhealthy;
+                        s.last_error = Some(format!("unhealthy: {} checks failed in a row", s.failures));
+                        s.failed_check = true;
+                        // Kept while it stops, so that status and events say why.
+                        let health = s.health;
+                        s.stop(p, now, &mut acts);
+                        s.health = health;
+                    }
+                }
+            }
+        }
     }
     (s, acts)
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(restart: Restart) -> Policy {
-        Policy {
-            restart,
-            backoff: Backoff {
-                initial: Duration::from_millis(100),
-                max: Duration::from_millis(400),
-                factor: 2.0,
-                reset_after: Duration::from_secs(10),
-            },
-            start_limit: StartLimit { burst: 5, interval: Duration::from_secs(60) },
-            stop_signal: 15,
-            stop_timeout: Duration::from_secs(5),
-        }
-    }
-
-    /// A fake clock: events applied at offsets from one base instant.
-    struct Run {
-        p: Policy,
-        s: Service,
-        t0: Instant,
-    }
-
-    impl Run {
-        fn new(restart: Restart) -> Run {
-            let t0 = Instant::now();
-            Run { p: policy(restart), s: Service::new(t0), t0 }
-        }
-        fn at(&mut self, ms: u64, e: Event) -> Vec<Action> {
-            let (s, a) = next(&self.p, &self.s, e, self.t0 + Duration::from_millis(ms));
-            self.s = s;
-            a
-        }
-        fn ms(&self, ms: u64) -> Instant {
-            self.t0 + Duration::from_millis(ms)
-        }
-    }
-
-    #[test]
-    fn crash_loop_backs_off_exponentially_then_fails_at_the_start_limit() {
-        let mut r = Run::new(Restart::OnFailure);
-        assert_eq!(r.at(0, Event::Start), [Action::Spawn]);
-        r.at(1, Event::Spawned { pid: 10 });
-        assert_eq!(r.s.state, State::Running);
-        // Dies at once: 100 ms, then 200, then 400 (the max), then 400.
-        let mut t = 2;
-        for want in [100, 200, 400, 400] {
-            let acts = r.at(t, Event::Exited(Exit::Code(1)));
-            assert_eq!(r.s.state, State::BackingOff);
-            assert_eq!(acts, [Action::ArmTimer(r.ms(t + want))]);
-            assert_eq!(r.at(t + want - 1, Event::Timer), [], "not before the deadline");
-            assert_eq!(r.at(t + want, Event::Timer), [Action::Spawn]);
-            r.at(t + want + 1, Event::Spawned { pid: 11 });
-            t += want + 2;
-        }
-        assert_eq!(r.s.restarts, 4);
-        // The fifth start was the last the limit (5 per 60 s) allows.
-        r.at(t, Event::Exited(Exit::Signal(11)));
-        assert_eq!(r.s.state, State::Failed);
-        assert_eq!(r.s.last_exit, Some(Exit::Signal(11)));
-        // A start by hand begins anew.
-        assert_eq!(r.at(t + 1, Event::Start), [Action::Spawn]);
-        assert_eq!(r.s.state, State::Starting);
-    }
-
-    #[test]
-    fn a_stable_run_resets_the_backoff() {
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 1 });
-        r.at(10, Event::Exited(Exit::Code(0)));
-        r.at(110, Event::Timer);
-        r.at(110, Event::Spawned { pid: 2 });
-        r.at(120, Event::Exited(Exit::Code(0)));
-        assert_eq!(r.s.delay, Duration::from_millis(200));
-        r.at(320, Event::Timer);
-        r.at(320, Event::Spawned { pid: 3 });
-        // Ran 10 s: restarted at once, delay reset.
-        assert_eq!(r.at(10_320, Event::Exited(Exit::Code(0))), [Action::Spawn]);
-        assert_eq!(r.s.delay, Duration::ZERO);
-    }
-
-    #[test]
-    fn restart_policies() {
-        let mut r = Run::new(Restart::Never);
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 1 });
-        assert_eq!(r.at(5, Event::Exited(Exit::Code(3))), []);
-        assert_eq!(r.s.state, State::Exited);
-
-        let mut r = Run::new(Restart::OnFailure);
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 1 });
-        assert_eq!(r.at(5, Event::Exited(Exit::Code(0))), []);
-        assert_eq!(r.s.state, State::Exited);
-
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 1 });
-        r.at(5, Event::Exited(Exit::Code(0)));
-        assert_eq!(r.s.state, State::BackingOff);
-    }
-
-    #[test]
-    fn stop_sends_the_signal_and_sigcont_then_sigkill_at_the_deadline() {
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 7 });
-        let acts = r.at(100, Event::Stop);
-        assert_eq!(acts, [Action::Signal(15), Action::Signal(18), Action::ArmTimer(r.ms(5100))]);
-        assert_eq!(r.s.state, State::Stopping);
-        assert_eq!(r.at(5099, Event::Timer), []);
-        assert_eq!(r.at(5100, Event::Timer), [Action::Signal(9)]);
-        assert_eq!(r.at(5101, Event::Exited(Exit::Signal(9))), []);
-        assert_eq!((r.s.state, r.s.pid), (State::Stopped, None));
-    }
-
-    #[test]
-    fn stop_while_starting_stops_once_the_spawn_answers() {
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        assert_eq!(r.at(1, Event::Stop), []);
-        assert_eq!(r.at(2, Event::Spawned { pid: 5 })[0], Action::Signal(15));
-        r.at(3, Event::Exited(Exit::Signal(15)));
-        assert_eq!(r.s.state, State::Stopped);
-    }
-
-    #[test]
-    fn restart_by_hand_is_stop_then_start_without_backoff() {
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 5 });
-        r.at(10, Event::Stop);
-        r.at(11, Event::Start); // wanted up again while stopping
-        assert_eq!(r.at(12, Event::Exited(Exit::Signal(15))), [Action::Spawn]);
-        assert_eq!(r.s.state, State::Starting);
-    }
-
-    #[test]
-    fn an_unreachable_agent_is_retried_with_backoff_without_counting_starts() {
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        let mut t = 0;
-        for _ in 0..20 {
-            let acts = r.at(t, Event::SpawnFailed { error: "connect: refused".into(), transient: true });
-            assert_eq!(r.s.state, State::BackingOff);
-            let Action::ArmTimer(at) = acts[0] else { panic!() };
-            t = at.duration_since(r.t0).as_millis() as u64;
-            assert_eq!(r.at(t, Event::Timer), [Action::Spawn]);
-        }
-        assert_eq!(r.s.last_error.as_deref(), Some("connect: refused"));
-        r.at(t, Event::Spawned { pid: 3 });
-        assert_eq!((r.s.state, r.s.last_error.clone()), (State::Running, None));
-    }
-
-    #[test]
-    fn a_missing_program_counts_against_the_start_limit() {
-        let mut r = Run::new(Restart::Always);
-        r.at(0, Event::Start);
-        let mut t = 0;
-        for _ in 0..10 {
-            let acts = r.at(t, Event::SpawnFailed { error: "exec: not found".into(), transient: false });
-            if r.s.state == State::Failed {
-                break;
-            }
-            let Action::ArmTimer(at) = acts[0] else { panic!("{acts:?}") };
-            t = at.duration_since(r.t0).as_millis() as u64;
-            r.at(t, Event::Timer);
-        }
-        assert_eq!(r.s.state, State::Failed);
-    }
-
-    #[test]
-    fn zero_backoff_restarts_in_the_same_step() {
-        let mut r = Run::new(Restart::Always);
-        r.p.backoff.initial = Duration::ZERO;
-        r.at(0, Event::Start);
-        r.at(0, Event::Spawned { pid: 1 });
-        assert_eq!(r.at(5, Event::Exited(Exit::Signal(9))), [Action::Spawn]);
-        assert_eq!((r.s.state, r.s.restarts), (State::Starting, 1));
-        // An unreachable agent is still asked no more often than TRANSIENT_RETRY.
-        let acts = r.at(6, Event::SpawnFailed { error: "refused".into(), transient: true });
-        assert_eq!(acts, [Action::ArmTimer(r.ms(6) + TRANSIENT_RETRY)]);
-    }
-
-    #[test]
-    fn an_adopted_process_is_running_and_restarted_when_it_ends_unknown() {
-        let mut r = Run::new(Restart::OnFailure);
-        assert_eq!(r.at(0, Event::Adopted { pid: 42 }), []);
-        assert_eq!((r.s.state, r.s.pid, r.s.wanted), (State::Running, Some(42), Wanted::Up));
-        let acts = r.at(10, Event::Exited(Exit::Unknown));
-        assert_eq!(acts, [Action::ArmTimer(r.ms(110))]);
-        assert_eq!(r.s.last_exit, Some(Exit::Unknown));
-        // Adoption only takes a service that has nothing running.
-        let mut r = Run::new(Restart::OnFailure);
-        r.at(0, Event::Start);
-        r.at(0, Event::Adopted { pid: 9 });
-        assert_eq!(r.s.state, State::Starting);
-    }
-
-    #[test]
-    fn stale_events_change_nothing() {
-        let mut r = Run::new(Restart::Always);
-        let before = r.s.clone();
-        for e in [Event::Timer, Event::Spawned { pid: 1 }, Event::Exited(Exit::Code(0)), Event::Stop] {
-            r.at(0, e);
-        }
-        assert_eq!(r.s.state, before.state);
-        assert_eq!(r.s.pid, None);
-    }
-}
+mod tests;

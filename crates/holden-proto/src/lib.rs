@@ -50,7 +50,9 @@ pub mod legacy;
 pub mod signal;
 mod spawn;
 
-pub use spawn::{ExitStatus, Features, GetInfoReply, Rlimit, SpawnParams, SpawnReply, RLIMIT_NAMES};
+pub use spawn::{
+    ExitStatus, Features, GetInfoReply, PassFd, Rlimit, SpawnParams, SpawnReply, MAX_FD_NUMBER, RLIMIT_NAMES,
+};
 
 use serde::Serialize;
 use serde_json::{Map, Value};

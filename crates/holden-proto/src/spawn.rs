@@ -83,6 +83,50 @@ pub struct SpawnParams {
     /// Index of the descriptor of a cgroup v2 directory the child joins before exec.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<u32>,
+    /// More descriptors for the child, each under a number of the caller's choosing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fds: Option<Vec<PassFd>>,
+}
+
+/// A descriptor of the call passed to the child as descriptor `number`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassFd {
+    /// Index into the call's descriptors.
+    pub fd: u32,
+    /// Its number in the child: 3 to [`MAX_FD_NUMBER`].
+    pub number: u32,
+}
+
+/// The highest descriptor number `PassFd.number` may be.
+pub const MAX_FD_NUMBER: u32 = 255;
+
+fn pass_fds(value: &Value, nfds: usize) -> Result<Vec<PassFd>, AgentError> {
+    let Value::Array(items) = value else {
+        return Err(bad("fds", "must be an array of PassFd objects"));
+    };
+    if items.len() > MAX_FDS {
+        return Err(bad("fds", format!("has {} entries, at most {MAX_FDS} allowed", items.len())));
+    }
+    let mut out: Vec<PassFd> = Vec::new();
+    for item in items {
+        let Value::Object(o) = item else {
+            return Err(bad("fds", "must be an array of PassFd objects"));
+        };
+        if let Some(k) = o.keys().find(|k| !matches!(k.as_str(), "fd" | "number")) {
+            return Err(bad("fds", format!("unknown field {k:?}")));
+        }
+        let fd = fd_index("fds", o.get("fd").ok_or_else(|| bad("fds", "an entry needs fd"))?, nfds)?;
+        let number = match o.get("number").and_then(Value::as_u64) {
+            Some(n) if (3..=MAX_FD_NUMBER as u64).contains(&n) => n as u32,
+            _ => return Err(bad("fds", format!("number must be an integer from 3 to {MAX_FD_NUMBER}"))),
+        };
+        if out.iter().any(|p| p.number == number) {
+            return Err(bad("fds", format!("number {number} is given twice")));
+        }
+        out.push(PassFd { fd, number });
+    }
+    out.sort_by_key(|p| p.number);
+    Ok(out)
 }
 
 fn bad(parameter: &str, reason: impl Into<String>) -> AgentError {
@@ -181,6 +225,7 @@ impl SpawnParams {
                 "nice" => p.nice = Some(int_in("nice", value, -20, 19)?),
                 "oom_score_adj" => p.oom_score_adj = Some(int_in("oom_score_adj", value, -1000, 1000)?),
                 "cgroup" => p.cgroup = Some(fd_index("cgroup", value, nfds)?),
+                "fds" => p.fds = Some(pass_fds(value, nfds)?),
                 other => return Err(bad(other, "unknown parameter")),
             }
         }

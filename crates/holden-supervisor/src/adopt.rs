@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
+use holden_orchestrator::config::ReadyWhen;
 use holden_orchestrator::machine::{Event, State, Wanted};
 use holden_sys::process;
 
@@ -100,6 +101,15 @@ impl Supervisor {
             }
             say(&format!("{name}: adopting pid {} from the last run", entry.pid));
             self.feed(&name, Event::Adopted { pid: entry.pid });
+            // Notification and log readiness are said once: what was recorded stands. Probes
+            // are simply run again.
+            let said_once = matches!(
+                self.services[&name].cfg.ready,
+                Some(ReadyWhen::Fd(_) | ReadyWhen::Systemd | ReadyWhen::Log(_))
+            );
+            if entry.ready && said_once {
+                self.feed(&name, Event::Ready);
+            }
         }
         // Pipes of processes not adopted: what they still hold goes to the log, then they end.
         for (key, fd) in held {

@@ -354,22 +354,7 @@ pub(crate) fn cgroup_of(pid: i32) -> Option<PathBuf> {
 
 /// What a service's cgroup says of its use, for `Status` (the other fields empty).
 pub(crate) fn usage(svc: &crate::supervisor::Svc) -> holden_orchestrator::control::ServiceStatus {
-    let mut st = holden_orchestrator::control::ServiceStatus {
-        name: String::new(),
-        state: String::new(),
-        wanted: String::new(),
-        pid: None,
-        since_ms: 0,
-        restarts: 0,
-        last_exit: None,
-        last_error: None,
-        agent: None,
-        memory_bytes: None,
-        cpu_usec: None,
-        cpu_percent: None,
-        oom_kills: None,
-        pids: None,
-    };
+    let mut st = holden_orchestrator::control::ServiceStatus::default();
     let Some(dir) = svc.cgroup_dir.as_deref().filter(|d| d.is_dir()) else { return st };
     let number = |file: &str| std::fs::read_to_string(dir.join(file)).ok()?.trim().parse::<u64>().ok();
     st.memory_bytes = number("memory.current");

@@ -162,6 +162,10 @@ impl Supervisor {
             last_exit: s.m.last_exit.map(exit_text),
             last_error: s.m.last_error.clone(),
             agent: s.cfg.agent.clone(),
+            ready: s.m.ready,
+            health: s.m.health.name().into(),
+            health_check: s.cfg.health.is_some(),
+            waiting: s.waiting.clone(),
             ..crate::cgroups::usage(s)
         })
     }
@@ -195,7 +199,9 @@ impl Supervisor {
             Request::Start(names) => {
                 self.known(&names)?;
                 if !self.shutting_down {
-                    for n in self.ordered(&names, false) {
+                    // What they depend on comes up first (held ones wait for its condition).
+                    for n in self.with_dependencies(&names) {
+                        self.pending_stops.remove(&n);
                         self.by_hand(&n, false);
                         self.feed(&n, Event::Start);
                     }
@@ -204,7 +210,8 @@ impl Supervisor {
             }
             Request::Stop(names) => {
                 self.known(&names)?;
-                let names = self.ordered(&names, true);
+                // What depends on them stops first; each stops once its dependents are down.
+                let names = self.with_dependents(&names);
                 for n in &names {
                     self.by_hand(n, true);
                 }
@@ -213,9 +220,8 @@ impl Supervisor {
                 if self.state_dirty {
                     self.write_state();
                 }
-                for n in names {
-                    self.feed(&n, Event::Stop);
-                }
+                self.pending_stops.extend(names);
+                self.advance_stops();
                 Ok(Some(empty))
             }
             Request::Restart(names) => {
@@ -224,7 +230,8 @@ impl Supervisor {
                     self.feed(&n, Event::Stop);
                 }
                 if !self.shutting_down {
-                    for n in self.ordered(&names, false) {
+                    for n in self.with_dependencies(&names) {
+                        self.pending_stops.remove(&n);
                         self.by_hand(&n, false);
                         self.feed(&n, Event::Start);
                     }

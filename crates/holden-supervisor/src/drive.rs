@@ -21,25 +21,39 @@ impl Supervisor {
     /// queued, never started here.
     pub(crate) fn feed(&mut self, name: &str, event: Event) {
         let Some(svc) = self.services.get_mut(name) else { return };
-        let before = (svc.m.state, svc.m.pid);
+        let before = (svc.m.state, svc.m.pid, svc.m.ready, svc.m.health);
         let (m, actions) = machine::next(&svc.policy(), &svc.m, event, Instant::now());
         svc.m = m;
-        let after = (svc.m.state, svc.m.pid);
+        let after = (svc.m.state, svc.m.pid, svc.m.ready, svc.m.health);
+        let held = svc.waiting.is_some();
+        let mut spawn = false;
         for a in actions {
             match a {
-                Action::Spawn => self.spawn_queue.push_back(name.into()),
+                // After the change is told: "starting", then what it waits for, if anything.
+                Action::Spawn => spawn = true,
                 Action::Signal(sig) => self.signal(name, sig),
                 // The deadline is in the machine's state; the loop's timeout follows it.
                 Action::ArmTimer(_) => {}
             }
         }
-        if before != after {
-            self.changed(name);
+        if (before.0, before.1) != (after.0, after.1) {
+            self.changed(name, "state");
+        } else if before.2 != after.2 {
+            self.changed(name, "ready");
+        } else if before.3 != after.3 {
+            self.changed(name, after.3.name());
+        } else if held {
+            // A held service asked to stop gives up its start.
+            self.recheck_dependents();
+        }
+        if spawn {
+            self.queue_spawn(name);
         }
     }
 
-    /// After a state change: tell, record, and finish reloads and shutdown.
-    pub(crate) fn changed(&mut self, name: &str) {
+    /// Sends the event of a change of `kind` (`state`, `ready`, `healthy`, `unhealthy`,
+    /// `waiting`) to the clients that follow events.
+    pub(crate) fn tell(&mut self, name: &str, kind: &str) {
         let Some(svc) = self.services.get(name) else { return };
         let change = StateChange {
             time: crate::text::timestamp(SystemTime::now()),
@@ -48,12 +62,28 @@ impl Supervisor {
             pid: svc.m.pid,
             last_exit: svc.m.last_exit.map(exit_text),
             last_error: svc.m.last_error.clone(),
+            ready: svc.m.ready,
+            health: svc.m.health.name().into(),
+            change: kind.into(),
+            waiting: svc.waiting.clone(),
         };
-        let mut line = format!("{name}: {}", change.state);
-        if let Some(pid) = change.pid {
+        self.broadcast(
+            |f| *f == Follow::Events,
+            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
+        );
+    }
+
+    /// After a change of `kind` (see [`Supervisor::tell`]): tell, record, plan probes, move
+    /// dependents, and finish reloads, stops and shutdown.
+    pub(crate) fn changed(&mut self, name: &str, kind: &str) {
+        let Some(svc) = self.services.get(name) else { return };
+        let mut line = format!("{name}: {}", if kind == "state" { svc.m.state.name() } else { kind });
+        if let (Some(pid), "state") = (svc.m.pid, kind) {
             line += &format!(" pid {pid}");
         }
-        match (svc.m.state, &change.last_exit, &change.last_error) {
+        let last_exit = svc.m.last_exit.map(exit_text);
+        match (svc.m.state, &last_exit, &svc.m.last_error) {
+            _ if kind == "ready" || kind == "healthy" => {}
             (State::Starting, ..) => {}
             (_, _, Some(err)) if svc.m.state != State::Running => line += &format!(" ({err})"),
             (State::Running, ..) => {}
@@ -61,11 +91,9 @@ impl Supervisor {
             _ => {}
         }
         // Clients that follow events first: they act on them; stdout is a record.
-        self.broadcast(
-            |f| *f == Follow::Events,
-            || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
-        );
+        self.tell(name, kind);
         say(&line);
+        self.plan_checks(name);
         if self.notify.active() {
             self.notify.send(&format!("STATUS={}", self.summary()));
         }
@@ -87,6 +115,8 @@ impl Supervisor {
                 }
             }
         }
+        self.recheck_dependents();
+        self.advance_stops();
         if self.shutting_down {
             self.advance_shutdown();
         }

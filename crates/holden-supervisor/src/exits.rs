@@ -157,6 +157,8 @@ impl Supervisor {
             });
             match service.map(|(n, _)| n.clone()) {
                 Some(name) => self.check_exit(&name),
+                // A local exec probe: its thread reaps it.
+                None if self.probe_pids.lock().unwrap_or_else(|e| e.into_inner()).contains(&pid) => {}
                 None => {
                     let _ = process::reap_pid(pid);
                 }

@@ -255,6 +255,7 @@ impl Supervisor {
         if count == 0 {
             return false;
         }
+        self.log_ready(&name, &chunk);
         if let Some(log) = self.services.get_mut(&name).and_then(|s| s.log.as_mut()) {
             match log.write_chunk(&chunk) {
                 Ok(()) => log.last_error = None,

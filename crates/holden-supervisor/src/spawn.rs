@@ -13,7 +13,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::{Duration, Instant};
 
-use holden_orchestrator::config::{KillMode, Output};
+use holden_orchestrator::config::{KillMode, Output, ReadyWhen};
 use holden_orchestrator::machine::{Event, Wanted};
 use holden_sys::event::{READABLE, WRITABLE};
 
@@ -36,6 +36,8 @@ pub struct InFlight {
     call: holden::PendingSpawn,
     /// The read ends of the service's log pipes, watched once the spawn succeeds.
     pipes: Vec<(&'static str, OwnedFd)>,
+    /// The read end of its `notify = "fd"` pipe.
+    notify: Option<std::io::PipeReader>,
     tag: String,
     /// When the call is given up (or, abandoned, forgotten).
     pub(crate) deadline: Instant,
@@ -161,6 +163,21 @@ impl Supervisor {
                 cmd.stderr(stdio);
             }
         }
+        // notify = "fd": the write end goes to the child as that descriptor; the read end is
+        // watched once the spawn succeeds.
+        let mut notify = None;
+        if let Some(ReadyWhen::Fd(number)) = cfg.ready {
+            match std::io::pipe() {
+                Ok((r, w)) => {
+                    cmd.fd(number, OwnedFd::from(w));
+                    notify = Some(r);
+                }
+                Err(e) => {
+                    let error = format!("pipe for notify = \"fd\": {e}");
+                    return self.feed(name, Event::SpawnFailed { error, transient: false });
+                }
+            }
+        }
         // The service's cgroup: below ours for a local service, below the agent's for an agent
         // service; its limits written before the child joins it.
         let path = cfg.agent.as_ref().map(|a| self.cfg.agents.get(a).map(|a| a.socket.clone()).unwrap_or_default());
@@ -199,7 +216,7 @@ impl Supervisor {
             // The pipes' write ends now live only in the child.
             drop(cmd);
             return match result {
-                Ok(child) => self.spawned(name, child, pipes, tag),
+                Ok(child) => self.spawned(name, child, pipes, notify, tag),
                 Err(e) => self.feed(name, Event::SpawnFailed { error: e.to_string(), transient: false }),
             };
         };
@@ -225,7 +242,8 @@ impl Supervisor {
             return self.feed(name, Event::SpawnFailed { error: format!("epoll: {e}"), transient: true });
         }
         let deadline = Instant::now() + AGENT_TIMEOUT;
-        self.targets.insert(token, Target::Spawn(InFlight { service: Some(name.into()), call, pipes, tag, deadline }));
+        let f = InFlight { service: Some(name.into()), call, pipes, notify, tag, deadline };
+        self.targets.insert(token, Target::Spawn(f));
         if let Some(svc) = self.services.get_mut(name) {
             svc.in_flight = Some(token);
         }
@@ -265,7 +283,7 @@ impl Supervisor {
         }
         let Some(Target::Spawn(f)) = self.targets.remove(&token) else { return };
         let _ = self.epoll.delete(&f.call);
-        let InFlight { service, pipes, tag, .. } = f;
+        let InFlight { service, pipes, notify, tag, .. } = f;
         let Some(name) = service else {
             self.abandoned_calls -= 1;
             // Abandoned: whatever the agent started late is not wanted.
@@ -279,7 +297,7 @@ impl Supervisor {
             svc.in_flight = None;
         }
         match result {
-            Ok(Some(child)) => self.spawned(&name, child, pipes, tag),
+            Ok(Some(child)) => self.spawned(&name, child, pipes, notify, tag),
             Ok(None) => unreachable!("handled above"),
             Err(e) => {
                 let transient = transient(&e);
@@ -304,6 +322,7 @@ impl Supervisor {
                     self.abandoned_calls += 1;
                     f.deadline = now + ABANDONED_KEEP;
                     f.pipes.clear();
+                    f.notify = None;
                     if let Some(svc) = self.services.get_mut(&name) {
                         svc.in_flight = None;
                     }
@@ -327,7 +346,14 @@ impl Supervisor {
 
     /// A spawn succeeded: record the process (the state file is written at the end of this
     /// iteration, before the loop waits again), watch it and its pipes.
-    fn spawned(&mut self, name: &str, child: holden::Child, pipes: Vec<(&'static str, OwnedFd)>, tag: String) {
+    fn spawned(
+        &mut self,
+        name: &str,
+        child: holden::Child,
+        pipes: Vec<(&'static str, OwnedFd)>,
+        notify: Option<std::io::PipeReader>,
+        tag: String,
+    ) {
         let pid = child.pid().unwrap_or_else(|| child.spawner_pid());
         let Some(svc) = self.services.get_mut(name) else { return };
         // Verified, not assumed: the process is in its cgroup (it joined before exec).
@@ -353,5 +379,8 @@ impl Supervisor {
             self.watch_pipe(name, which, fd, Some(format!("{name}/{which}/{tag}")));
         }
         self.feed(name, Event::Spawned { pid });
+        if let Some(r) = notify {
+            self.watch_notify(name, r);
+        }
     }
 }

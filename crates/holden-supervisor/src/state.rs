@@ -61,6 +61,9 @@ pub struct Entry {
     /// Its spawn tag (`RUN.N`).
     #[serde(default)]
     pub tag: Option<String>,
+    /// It had said it was ready (kept for `notify` and `log` readiness, which do not repeat).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ready: bool,
 }
 
 /// What proves a pid is still the same process.
@@ -296,6 +299,7 @@ impl Supervisor {
                         identity: s.identity?,
                         start_time: s.start_time,
                         tag: s.tag.clone(),
+                        ready: s.m.ready,
                     })
                 })
                 .collect(),
@@ -342,6 +346,10 @@ impl Supervisor {
             pid: None,
             last_exit: None,
             last_error: error,
+            ready: false,
+            health: "unknown".into(),
+            change: "state".into(),
+            waiting: None,
         };
         self.broadcast(
             |f| *f == Follow::Events,
@@ -395,6 +403,7 @@ mod tests {
             identity: identity(fd.as_fd(), pid).unwrap(),
             start_time: procfs::start_time(pid),
             tag: None,
+            ready: false,
         };
         assert!(reopen(&e, &[]).is_some());
         assert!(reopen(&e, &[pid]).is_none(), "a protected pid is never reopened");

@@ -8,6 +8,7 @@
 //! spawns is bounded work per iteration and never recursion.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -29,6 +30,8 @@ use crate::{Error, Options};
 pub(crate) const SIGNALS: u64 = 0;
 pub(crate) const LISTENER: u64 = 1;
 pub(crate) const HOLDER: u64 = 2;
+/// The pipe on which probes' threads say they are done.
+pub(crate) const PROBES: u64 = 3;
 
 /// The most spawns started in one iteration; the rest wait for the next (which does not wait).
 pub const SPAWN_BUDGET: usize = 32;
@@ -63,6 +66,12 @@ pub(crate) struct Svc {
     pub(crate) oom_base: u64,
     /// The CPU time its cgroup had used at the previous status, and when.
     pub(crate) cpu_sample: std::cell::Cell<Option<(Instant, u64)>>,
+    /// Its readiness and health probes.
+    pub(crate) checks: crate::ready::Checks,
+    /// Held before its spawn by a dependency condition: what it waits for.
+    pub(crate) waiting: Option<String>,
+    /// A `restart = true` dependency stopped meeting its condition: restart once it does.
+    pub(crate) restart_pending: bool,
 }
 
 impl Svc {
@@ -84,6 +93,9 @@ impl Svc {
             cgroup_dir: None,
             oom_base: 0,
             cpu_sample: std::cell::Cell::new(None),
+            checks: crate::ready::Checks::default(),
+            waiting: None,
+            restart_pending: false,
         }
     }
 
@@ -94,6 +106,9 @@ impl Svc {
             start_limit: self.cfg.start_limit,
             stop_signal: self.cfg.stop_signal,
             stop_timeout: self.cfg.stop_timeout,
+            ready_check: self.cfg.ready.is_some(),
+            ready_timeout: self.cfg.ready_timeout,
+            health_failures: self.cfg.health.as_ref().map_or(u32::MAX, |h| h.failures),
         }
     }
 
@@ -126,6 +141,8 @@ pub(crate) enum Target {
     Pipe(Pipe),
     Conn(Conn),
     Spawn(InFlight),
+    /// The read end of a service's `notify = "fd"` pipe.
+    Notify(String, std::io::PipeReader),
 }
 
 /// The supervisor: configuration, services, and every descriptor of the loop.
@@ -176,6 +193,18 @@ pub struct Supervisor {
     pub(crate) in_shutdown_pass: bool,
     /// The descriptor limit local services get (the one this process started with).
     pub(crate) child_nofile: Option<(u64, u64)>,
+    /// Probes' answers, and the pipe their threads wake the loop with.
+    pub(crate) probe_tx: std::sync::mpsc::Sender<crate::probe::Done>,
+    pub(crate) probe_rx: std::sync::mpsc::Receiver<crate::probe::Done>,
+    pub(crate) probe_wake: std::sync::Arc<std::io::PipeWriter>,
+    pub(crate) probe_wake_read: std::io::PipeReader,
+    /// Local exec probes' pids, which the reaper leaves alone.
+    pub(crate) probe_pids: crate::probe::ProbePids,
+    /// A pass over held services is under way (and another is asked for).
+    pub(crate) in_recheck: bool,
+    pub(crate) recheck_again: bool,
+    /// Services a stop by hand will stop once their dependents are down.
+    pub(crate) pending_stops: std::collections::BTreeSet<String>,
     /// Local services' cgroups, where they are used.
     pub(crate) cgroups: Option<crate::cgroups::Cgroups>,
     /// Cgroups no service uses any more that could not be removed yet (still populated).
@@ -258,6 +287,12 @@ impl Supervisor {
         let epoll = Epoll::new().map_err(Error::setup("epoll"))?;
         epoll.add(&signals, SIGNALS, READABLE).map_err(Error::setup("epoll"))?;
         epoll.add(&listener.listener, LISTENER, READABLE).map_err(Error::setup("epoll"))?;
+        let (probe_wake_read, probe_wake) = std::io::pipe().map_err(Error::setup("pipe"))?;
+        for fd in [probe_wake_read.as_fd(), probe_wake.as_fd()] {
+            holden_sys::fd::set_nonblocking(fd, true).map_err(Error::setup("pipe"))?;
+        }
+        epoll.add(&probe_wake_read, PROBES, READABLE).map_err(Error::setup("epoll"))?;
+        let (probe_tx, probe_rx) = std::sync::mpsc::channel();
         let order = config::start_order(&cfg.services);
         let now = Instant::now();
         let services = cfg.services.iter().map(|(name, s)| (name.clone(), Svc::new(s.clone(), now))).collect();
@@ -276,7 +311,7 @@ impl Supervisor {
             connections: 0,
             ready_conns: Vec::new(),
             accept_paused_until: None,
-            next_token: HOLDER,
+            next_token: PROBES,
             log_dir,
             state_file: StateFile::new(&state_dir),
             state_dirty: true,
@@ -296,6 +331,14 @@ impl Supervisor {
             shutting_down: false,
             in_shutdown_pass: false,
             child_nofile,
+            probe_tx,
+            probe_rx,
+            probe_wake: std::sync::Arc::new(probe_wake),
+            probe_wake_read,
+            probe_pids: Default::default(),
+            in_recheck: false,
+            recheck_again: false,
+            pending_stops: Default::default(),
             cgroups,
             retired_cgroups: Vec::new(),
             _lock: lock,
@@ -382,6 +425,7 @@ impl Supervisor {
                     SIGNALS => sigchld |= self.on_signals(),
                     LISTENER => self.accept(),
                     HOLDER => self.on_holder(ev.events),
+                    PROBES => self.on_probes(),
                     t if matches!(self.targets.get(&t), Some(Target::Pidfd(_))) => {}
                     t => self.on_ready(t, ev.events),
                 }
@@ -501,7 +545,14 @@ impl Supervisor {
         });
         self.services
             .values()
-            .flat_map(|s| [s.m.deadline, s.exit_check.map(|c| c.0), s.in_flight.as_ref().and_then(call_deadline)])
+            .flat_map(|s| {
+                [
+                    s.m.deadline,
+                    s.exit_check.map(|c| c.0),
+                    s.in_flight.as_ref().and_then(call_deadline),
+                    s.checks.deadline(),
+                ]
+            })
             .flatten()
             .chain(self.next_watchdog)
             .chain(self.accept_paused_until)
@@ -554,6 +605,7 @@ impl Supervisor {
             }
             Some(Target::Conn(_)) => self.on_conn(token, events),
             Some(Target::Spawn(_)) => self.on_spawn_ready(token),
+            Some(Target::Notify(..)) => self.on_notify(token),
             None => {}
         }
     }
@@ -581,6 +633,7 @@ impl Supervisor {
             self.check_exit(&name);
         }
         self.expire_spawns(now);
+        self.run_checks(now);
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             let _ = self.epoll.modify(&self.listener.listener, LISTENER, READABLE);

@@ -5,7 +5,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 pub use crate::exec::{exec_candidates, merge_env};
 pub use crate::features::{probe_features, Features};
-pub use crate::spawn::{rlimit_resource, spawn, Rlimit, SpawnError, SpawnSpec, Spawned, Stage, User};
+pub use crate::spawn::{
+    rlimit_resource, spawn, Rlimit, SpawnError, SpawnSpec, Spawned, Stage, User, MAX_EXTRA_FD, MAX_EXTRA_FDS,
+};
 use crate::{cvt, cvt_long};
 
 /// How a process ended, as `waitid(2)` or `PIDFD_INFO_EXIT` report it.
@@ -263,4 +265,22 @@ pub fn peek_exited_child() -> io::Result<Option<i32>> {
 /// Man page: <https://man7.org/linux/man-pages/man2/waitid.2.html>.
 pub fn reap_pid(pid: i32) -> io::Result<Option<Exit>> {
     Ok(waitid(libc::P_PID, pid as libc::id_t, libc::WEXITED | libc::WNOHANG)?.map(|(_, e)| e))
+}
+
+/// Moves the calling thread into the network namespace of the process `pidfd` refers to
+/// (`setns(2)` with `CLONE_NEWNET`): through the pidfd itself (Linux 5.8), else through
+/// `/proc/PID/ns/net`. Only this thread changes namespace; it should end after its work.
+/// Man page: <https://man7.org/linux/man-pages/man2/setns.2.html>.
+pub fn enter_net_namespace(pidfd: BorrowedFd<'_>, pid: i32) -> io::Result<()> {
+    // SAFETY: setns on a descriptor we borrow; it changes only this thread's namespace.
+    match cvt(unsafe { libc::setns(pidfd.as_raw_fd(), libc::CLONE_NEWNET) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let ns = std::fs::File::open(format!("/proc/{pid}/ns/net"))?;
+            // The process must still be the one the pidfd names: checked after the open.
+            pidfd_send_signal(pidfd, 0)?;
+            // SAFETY: as above, on a descriptor we own.
+            cvt(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }).map(drop)
+        }
+        r => r.map(drop),
+    }
 }

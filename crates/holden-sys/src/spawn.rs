@@ -111,6 +111,9 @@ pub struct SpawnSpec<'a> {
     pub cwd: Option<&'a CStr>,
     /// Descriptors to place on 0, 1 and 2; `None` keeps the parent's.
     pub stdio: [Option<BorrowedFd<'a>>; 3],
+    /// More descriptors to pass: (number in the child, descriptor here), at most
+    /// [`MAX_EXTRA_FDS`], numbers from 3 to [`MAX_EXTRA_FD`] in increasing order.
+    pub extra_fds: &'a [(i32, BorrowedFd<'a>)],
     /// Start a new session (`setsid(2)`).
     pub setsid: bool,
     /// File-mode creation mask, if it should be changed.
@@ -132,6 +135,11 @@ pub struct SpawnSpec<'a> {
     /// rather than the spawner's: for a spawner that acts on behalf of a less privileged caller.
     pub limits_as_user: bool,
 }
+
+/// The most descriptors [`SpawnSpec::extra_fds`] may pass.
+pub const MAX_EXTRA_FDS: usize = 8;
+/// The highest descriptor number [`SpawnSpec::extra_fds`] may place.
+pub const MAX_EXTRA_FD: i32 = 255;
 
 /// Credentials for a spawned process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -182,6 +190,12 @@ const CHILD_STACK_SIZE: usize = 64 * 1024;
 /// Man pages: <https://man7.org/linux/man-pages/man2/clone.2.html>,
 /// <https://man7.org/linux/man-pages/man3/posix_spawn.3.html>.
 pub fn spawn(spec: &SpawnSpec<'_>) -> Result<Spawned, SpawnError> {
+    let numbers_ok = spec.extra_fds.len() <= MAX_EXTRA_FDS
+        && spec.extra_fds.iter().all(|(n, _)| (3..=MAX_EXTRA_FD).contains(n))
+        && spec.extra_fds.windows(2).all(|w| w[0].0 < w[1].0);
+    if !numbers_ok {
+        return Err(SpawnError::Child { stage: Stage::Stdio, errno: libc::EINVAL });
+    }
     let argv: Vec<*const libc::c_char> =
         spec.argv.iter().map(|a| a.as_ptr()).chain(std::iter::once(std::ptr::null())).collect();
     let envp: Vec<*const libc::c_char> =
@@ -323,27 +337,36 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 fail(ctx, Stage::Cgroup, errno());
             }
         }
-        // Stdio: first lift any source that sits on 0..2 out of the way, then dup2 into place.
-        let mut src: [RawFd; 3] = [-1; 3];
-        for (i, fd) in spec.stdio.iter().enumerate() {
-            if let Some(fd) = fd {
-                let mut raw = fd.as_raw_fd();
-                if raw < 3 {
-                    raw = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, 3);
-                    if raw < 0 {
-                        fail(ctx, Stage::Stdio, errno());
-                    }
+        // Stdio and the extra descriptors: first lift every source that sits at or below the
+        // highest number placed out of the way (close-on-exec), then dup2 each into place.
+        let top = spec.extra_fds.last().map_or(2, |e| e.0);
+        let mut src: [(RawFd, RawFd); 3 + MAX_EXTRA_FDS] = [(-1, -1); 3 + MAX_EXTRA_FDS];
+        let wanted = spec.stdio.iter().enumerate().filter_map(|(i, fd)| Some((i as RawFd, (*fd)?)));
+        for (slot, (target, fd)) in wanted.chain(spec.extra_fds.iter().copied()).enumerate() {
+            let mut raw = fd.as_raw_fd();
+            if raw <= top {
+                raw = libc::fcntl(raw, libc::F_DUPFD_CLOEXEC, top + 1);
+                if raw < 0 {
+                    fail(ctx, Stage::Stdio, errno());
                 }
-                src[i] = raw;
             }
+            src[slot] = (target, raw);
         }
-        for (target, &raw) in src.iter().enumerate() {
-            if raw >= 0 && libc::dup2(raw, target as RawFd) < 0 {
+        for &(target, raw) in src.iter().filter(|s| s.0 >= 0) {
+            if libc::dup2(raw, target) < 0 {
                 fail(ctx, Stage::Stdio, errno());
             }
         }
-        // Nothing but 0, 1, 2 crosses exec. ENOSYS (before 5.9): close-on-exec does it.
-        libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        // Nothing but 0, 1, 2 and the extra descriptors crosses exec. ENOSYS (before 5.9):
+        // close-on-exec does it.
+        let mut from = 3u32;
+        for &(n, _) in spec.extra_fds {
+            if n as u32 > from {
+                libc::syscall(libc::SYS_close_range, from, n as u32 - 1, 0u32);
+            }
+            from = n as u32 + 1;
+        }
+        libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
         if spec.setsid && libc::setsid() < 0 {
             fail(ctx, Stage::Setsid, errno());
         }

@@ -29,6 +29,7 @@ fn spawn(argv: &[&str]) -> Result<process::Spawned, SpawnError> {
         oom_score_adj: None,
         user: None,
         cgroup: None,
+        extra_fds: &[],
         limits_as_user: false,
     };
     process::spawn(&spec)

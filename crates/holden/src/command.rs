@@ -66,6 +66,8 @@ pub struct Command {
     nice: Option<i32>,
     oom_score_adj: Option<i32>,
     cgroup: Option<OwnedFd>,
+    /// More descriptors for the child, by number, in increasing order.
+    fds: Vec<(i32, OwnedFd)>,
 }
 
 fn utf8<'a>(what: &str, s: &'a OsStr) -> Result<&'a str, Error> {
@@ -95,7 +97,18 @@ impl Command {
             nice: None,
             oom_score_adj: None,
             cgroup: None,
+            fds: Vec::new(),
         }
+    }
+
+    /// Passes `fd` to the child as descriptor `number` (3 to 255; a number given twice keeps
+    /// the last), locally and through an agent (the descriptor travels with the call). Used
+    /// for readiness notification (`notify = "fd"`), inherited sockets and the like. At most 8.
+    pub fn fd(&mut self, number: i32, fd: OwnedFd) -> &mut Command {
+        self.fds.retain(|(n, _)| *n != number);
+        let at = self.fds.partition_point(|(n, _)| *n < number);
+        self.fds.insert(at, (number, fd));
+        self
     }
 
     /// Adds an argument.
@@ -244,6 +257,15 @@ impl Command {
                 return Err(Error::InvalidCommand(format!("{what} must be a name or a number")));
             }
         }
+        if self.fds.len() > process::MAX_EXTRA_FDS {
+            return Err(Error::InvalidCommand(format!("at most {} extra descriptors", process::MAX_EXTRA_FDS)));
+        }
+        if let Some((n, _)) = self.fds.iter().find(|(n, _)| !(3..=process::MAX_EXTRA_FD).contains(n)) {
+            return Err(Error::InvalidCommand(format!(
+                "descriptor number {n} is not from 3 to {}",
+                process::MAX_EXTRA_FD
+            )));
+        }
         if self.program.is_empty() {
             return Err(Error::InvalidCommand("the program name is empty".into()));
         }
@@ -310,6 +332,7 @@ impl Command {
             holden_sys::fd::geteuid(),
         )
         .map_err(|e| Error::InvalidCommand(e.to_string()))?;
+        let extra_fds: Vec<(i32, BorrowedFd<'_>)> = self.fds.iter().map(|(n, fd)| (*n, fd.as_fd())).collect();
         let spec = SpawnSpec {
             candidates: &candidates,
             argv: &argv,
@@ -323,6 +346,7 @@ impl Command {
             oom_score_adj: self.oom_score_adj,
             user: account.as_ref().map(|a| process::User { uid: a.uid, gid: a.gid, groups: &a.groups }),
             cgroup: self.cgroup.as_ref().map(|fd| fd.as_fd()),
+            extra_fds: &extra_fds,
             limits_as_user: false,
         };
         let prog = || String::from_utf8_lossy(program).into_owned();
@@ -426,7 +450,23 @@ impl Command {
                 fds.push(fd.as_fd());
                 (fds.len() - 1) as u32
             }),
+            fds: (!self.fds.is_empty()).then(|| {
+                self.fds
+                    .iter()
+                    .map(|(n, fd)| {
+                        fds.push(fd.as_fd());
+                        holden_proto::PassFd { fd: (fds.len() - 1) as u32, number: *n as u32 }
+                    })
+                    .collect()
+            }),
         };
+        if fds.len() > holden_proto::MAX_FDS {
+            return Err(Error::InvalidCommand(format!(
+                "{} descriptors for one call (stdio, cgroup and extra ones); an agent takes at most {}",
+                fds.len(),
+                holden_proto::MAX_FDS
+            )));
+        }
         Ok((params, fds))
     }
 }

@@ -331,6 +331,7 @@ fn start(socket: &Path, command: &[OsString]) -> io::Result<Spawned> {
         oom_score_adj: None,
         user: None,
         cgroup: None,
+        extra_fds: &[],
         limits_as_user: false,
     };
     let what = format!("start fd holder {}", program.to_string_lossy());

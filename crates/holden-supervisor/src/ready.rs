@@ -1,0 +1,253 @@
+//! Readiness and health in the loop: when probes run (at most one per service in flight), what
+//! their answers do, the `notify = "fd"` pipe and `log` readiness. The probes themselves run on
+//! threads ([`crate::probe`]); nothing here waits.
+
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use holden_orchestrator::config::{Probe, ReadyWhen};
+use holden_orchestrator::machine::{Event, State};
+use holden_sys::event::READABLE;
+
+use crate::exits::Proc;
+use crate::probe::{self, Job};
+use crate::supervisor::{say, Supervisor, Target};
+
+/// The first pause between readiness tries; it doubles up to the probe's interval.
+const FIRST_TRY: Duration = Duration::from_millis(100);
+/// How long past its timeout a probe's thread may take to answer before the probe counts as
+/// failed (it is still waited for before the next one starts).
+const GRACE: Duration = Duration::from_secs(1);
+
+/// A service's probes.
+#[derive(Debug, Default)]
+pub(crate) struct Checks {
+    /// When the next probe starts.
+    pub(crate) next: Option<Instant>,
+    /// The current pause between readiness tries.
+    pace: Duration,
+    /// The probe in flight: its number, when it counts as failed, whether it already has.
+    in_flight: Option<(u64, Instant, bool)>,
+    seq: u64,
+    /// The epoll token of the `notify = "fd"` pipe's read end, while it is watched.
+    pub(crate) notify: Option<u64>,
+}
+
+impl Checks {
+    /// The earliest time something of these probes is due.
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        let late = self.in_flight.filter(|f| !f.2).map(|f| f.1);
+        match (self.next.filter(|_| self.in_flight.is_none()), late) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+impl Supervisor {
+    /// After a change of service `name`: probes are planned while it runs, dropped otherwise.
+    pub(crate) fn plan_checks(&mut self, name: &str) {
+        let now = Instant::now();
+        let Some(svc) = self.services.get_mut(name) else { return };
+        let c = &mut svc.checks;
+        if svc.m.state != State::Running {
+            c.next = None;
+            c.pace = FIRST_TRY;
+            // An answer still to come belongs to a run that is over.
+            c.seq += 1;
+            if let Some(token) = c.notify {
+                self.unwatch_notify(token);
+            }
+            return;
+        }
+        if c.next.is_some() {
+            return;
+        }
+        if !svc.m.ready {
+            if matches!(svc.cfg.ready, Some(ReadyWhen::Probe { .. })) {
+                c.pace = FIRST_TRY;
+                c.next = Some(now);
+            }
+        } else if let Some(h) = &svc.cfg.health {
+            c.next = Some(now + h.interval.min(h.start_period.max(FIRST_TRY)));
+        }
+    }
+
+    /// Starts the probes that are due, and fails those past their time.
+    pub(crate) fn run_checks(&mut self, now: Instant) {
+        let due: Vec<String> = self
+            .services
+            .iter()
+            .filter(|(_, s)| s.checks.deadline().is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            let Some(svc) = self.services.get_mut(&name) else { continue };
+            match svc.checks.in_flight {
+                Some((seq, at, false)) if at <= now => {
+                    svc.checks.in_flight = Some((seq, at, true));
+                    self.checked(&name, Err("no answer in time".into()));
+                }
+                Some(_) => {}
+                None => self.start_probe(&name),
+            }
+        }
+    }
+
+    fn start_probe(&mut self, name: &str) {
+        let Some(svc) = self.services.get_mut(name) else { return };
+        svc.checks.next = None;
+        let (probe, timeout) = match (&svc.cfg.ready, &svc.cfg.health) {
+            (Some(ReadyWhen::Probe { probe, timeout, .. }), _) if !svc.m.ready => (probe.clone(), *timeout),
+            (_, Some(h)) if svc.m.ready => (h.probe.clone(), h.timeout),
+            _ => return,
+        };
+        let agent = svc.cfg.agent.as_ref().and_then(|a| self.cfg.agents.get(a)).map(|a| a.socket.clone());
+        // tcp and http probes of an agent service connect from its network namespace.
+        let netns_of = match (&probe, &svc.proc, svc.m.pid, &agent) {
+            (Probe::Exec(_), ..) | (_, _, _, None) => None,
+            (_, Some(p), Some(pid), Some(_)) => {
+                let pidfd = match p {
+                    Proc::Child(c) => c.pidfd(),
+                    Proc::Adopted { pidfd } => pidfd.as_fd(),
+                };
+                pidfd.try_clone_to_owned().ok().map(|fd| (fd, pid))
+            }
+            _ => None,
+        };
+        svc.checks.seq += 1;
+        let seq = svc.checks.seq;
+        let c = &svc.cfg.constraints;
+        let job = Job {
+            service: name.into(),
+            seq,
+            probe,
+            timeout,
+            agent,
+            netns_of,
+            env: svc.cfg.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            cwd: svc.cfg.cwd.clone(),
+            user: c.user.clone(),
+            group: c.group.clone(),
+        };
+        svc.checks.in_flight = Some((seq, Instant::now() + timeout + GRACE, false));
+        if let Err(e) = probe::start(job, self.probe_tx.clone(), self.probe_wake.clone(), self.probe_pids.clone()) {
+            if let Some(svc) = self.services.get_mut(name) {
+                svc.checks.in_flight = None;
+            }
+            self.checked(name, Err(format!("cannot start a thread for the probe: {e}")));
+        }
+    }
+
+    /// Probes have answered.
+    pub(crate) fn on_probes(&mut self) {
+        let mut buf = [0u8; 256];
+        while matches!(read_some(&self.probe_wake_read, &mut buf), Some(n) if n > 0) {}
+        while let Ok(done) = self.probe_rx.try_recv() {
+            let Some(svc) = self.services.get_mut(&done.service) else { continue };
+            let Some((seq, _, counted)) = svc.checks.in_flight else { continue };
+            if seq != done.seq {
+                continue;
+            }
+            svc.checks.in_flight = None;
+            if !counted && svc.checks.seq == seq {
+                self.checked(&done.service, done.result);
+            } else {
+                // Its run is over, or it already counted as failed: the next one may start.
+                self.plan_checks(&done.service);
+            }
+        }
+    }
+
+    /// One probe's answer: readiness, or health.
+    fn checked(&mut self, name: &str, result: Result<(), String>) {
+        let now = Instant::now();
+        let Some(svc) = self.services.get_mut(name) else { return };
+        if svc.m.state != State::Running {
+            return;
+        }
+        if !svc.m.ready {
+            let Some(ReadyWhen::Probe { interval, .. }) = svc.cfg.ready else { return };
+            match result {
+                Ok(()) => {
+                    svc.checks.next = None;
+                    self.feed(name, Event::Ready);
+                }
+                Err(_) => {
+                    svc.checks.pace = (svc.checks.pace * 2).min(interval);
+                    svc.checks.next = Some(now + svc.checks.pace);
+                }
+            }
+            return;
+        }
+        let Some(h) = &svc.cfg.health else { return };
+        svc.checks.next = Some(now + h.interval);
+        let in_start_period = now.duration_since(svc.m.since) < h.start_period;
+        match result {
+            Ok(()) => self.feed(name, Event::Checked { ok: true }),
+            Err(_) if in_start_period => {}
+            Err(e) => {
+                say(&format!("{name}: health check failed: {e}"));
+                self.feed(name, Event::Checked { ok: false });
+            }
+        }
+    }
+
+    /// The `notify = "fd"` pipe of a process just spawned: watched until the newline.
+    pub(crate) fn watch_notify(&mut self, name: &str, fd: std::io::PipeReader) {
+        let token = self.token();
+        if let Err(e) =
+            holden_sys::fd::set_nonblocking(fd.as_fd(), true).and_then(|()| self.epoll.add(&fd, token, READABLE))
+        {
+            say(&format!("{name}: cannot watch its readiness descriptor: {e}"));
+            return;
+        }
+        self.targets.insert(token, Target::Notify(name.into(), fd));
+        if let Some(svc) = self.services.get_mut(name) {
+            svc.checks.notify = Some(token);
+        }
+    }
+
+    /// The readiness pipe is readable: a newline is readiness; the end of the pipe without one
+    /// is not (the ready timeout decides).
+    pub(crate) fn on_notify(&mut self, token: u64) {
+        let Some(Target::Notify(name, fd)) = self.targets.get(&token) else { return };
+        let mut buf = [0u8; 512];
+        let (name, got) = (name.clone(), read_some(fd, &mut buf));
+        let said = got.is_some_and(|n| buf[..n].contains(&b'\n'));
+        if said || got == Some(0) {
+            self.unwatch_notify(token);
+        }
+        if said {
+            self.feed(&name, Event::Ready);
+        }
+    }
+
+    pub(crate) fn unwatch_notify(&mut self, token: u64) {
+        if let Some(Target::Notify(name, fd)) = self.targets.remove(&token) {
+            let _ = self.epoll.delete(&fd);
+            if let Some(svc) = self.services.get_mut(&name) {
+                svc.checks.notify = None;
+            }
+        }
+    }
+
+    /// Lines of `name`'s output (`TIMESTAMP STREAM TEXT` each): one that holds its `log`
+    /// readiness text makes it ready.
+    pub(crate) fn log_ready(&mut self, name: &str, chunk: &[u8]) {
+        let Some(svc) = self.services.get(name) else { return };
+        let Some(ReadyWhen::Log(text)) = &svc.cfg.ready else { return };
+        if svc.m.ready || svc.m.state != State::Running {
+            return;
+        }
+        let chunk = String::from_utf8_lossy(chunk);
+        if chunk.lines().any(|l| l.splitn(3, ' ').nth(2).is_some_and(|t| t.contains(text.as_str()))) {
+            self.feed(name, Event::Ready);
+        }
+    }
+}
+
+/// One non-blocking read: `Some(n)` (0 at the end), `None` when nothing is there or on error.
+pub(crate) fn read_some(mut pipe: &std::io::PipeReader, buf: &mut [u8]) -> Option<usize> {
+    std::io::Read::read(&mut pipe, buf).ok()
+}
