@@ -79,7 +79,7 @@ pub fn split_words(line: &str) -> Result<Vec<String>, SplitError> {
     Ok(words)
 }
 
-pub use holden_supervisor::procfs::{children_of, is_running, processes_with_env, stat_fields};
+pub use holden_supervisor::procfs::{children_of, env_value, is_running, processes_with_env, stat_fields};
 pub use holden_supervisor::text::{signal_name, timestamp};
 
 #[cfg(test)]

@@ -37,6 +37,10 @@ impl Supervisor {
             }
         }
         if (before.0, before.1) != (after.0, after.1) {
+            // Unhealthy, and so stopping: both are told.
+            if after.3 != before.3 && after.3 == machine::Health::Unhealthy {
+                self.tell(name, "unhealthy");
+            }
             self.changed(name, "state");
         } else if before.2 != after.2 {
             self.changed(name, "ready");

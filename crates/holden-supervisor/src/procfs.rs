@@ -48,6 +48,21 @@ pub fn parent_of(pid: i32) -> Option<i32> {
     stat_fields(pid)?.get(1)?.parse().ok()
 }
 
+/// Whether `pid` is `ancestor` or one of its descendants (a bounded walk up the parents).
+pub fn descends_from(pid: i32, ancestor: i32) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        if p == ancestor {
+            return true;
+        }
+        match parent_of(p) {
+            Some(parent) if parent > 0 && parent != p => p = parent,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// The pids a supervisor must never signal or adopt, whatever a state file says: PID 1, its
 /// own pid and every ancestor of it (in its pid namespace), and 0 and negatives (groups).
 pub fn protected_pids() -> Vec<i32> {

@@ -3,6 +3,10 @@
 //! threads ([`crate::probe`]); nothing here waits.
 
 use std::os::fd::AsFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use holden_orchestrator::config::{Probe, ReadyWhen};
@@ -18,6 +22,31 @@ const FIRST_TRY: Duration = Duration::from_millis(100);
 /// How long past its timeout a probe's thread may take to answer before the probe counts as
 /// failed (it is still waited for before the next one starts).
 const GRACE: Duration = Duration::from_secs(1);
+
+/// How a process says it is ready, watched by the loop.
+pub(crate) enum Notify {
+    /// The read end of its `notify = "fd"` pipe.
+    Fd(std::io::PipeReader),
+    /// Its `notify = "systemd"` socket; a file of it is removed with it.
+    Systemd { sock: UnixDatagram, file: Option<PathBuf> },
+}
+
+impl AsFd for Notify {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Notify::Fd(r) => r.as_fd(),
+            Notify::Systemd { sock, .. } => sock.as_fd(),
+        }
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        if let Notify::Systemd { file: Some(f), .. } = self {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
 
 /// A service's probes.
 #[derive(Debug, Default)]
@@ -193,29 +222,77 @@ impl Supervisor {
         }
     }
 
-    /// The `notify = "fd"` pipe of a process just spawned: watched until the newline.
-    pub(crate) fn watch_notify(&mut self, name: &str, fd: std::io::PipeReader) {
+    /// A socket for `notify = "systemd"`, for the process about to be spawned with spawn tag
+    /// `tag`: in the abstract namespace for a local service; for an agent service, a file in
+    /// the agent socket's directory, which its container has (bind-mounted), writable by all
+    /// (the sender's credentials are checked). Returns it and the `NOTIFY_SOCKET` value.
+    pub(crate) fn notify_socket(&self, tag: &str, agent_socket: Option<&Path>) -> std::io::Result<(Notify, String)> {
+        let (sock, value, file) = match agent_socket.and_then(Path::parent) {
+            None => {
+                let name = format!("holden-notify-{tag}");
+                let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
+                (UnixDatagram::bind_addr(&addr)?, format!("@{name}"), None)
+            }
+            Some(dir) => {
+                let path = dir.join(format!("holden-notify-{tag}.sock"));
+                let _ = std::fs::remove_file(&path);
+                let sock = UnixDatagram::bind(&path)?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+                (sock, path.to_string_lossy().into_owned(), Some(path))
+            }
+        };
+        sock.set_nonblocking(true)?;
+        holden_sys::socket::set_passcred(sock.as_fd())?;
+        Ok((Notify::Systemd { sock, file }, value))
+    }
+
+    /// The readiness channel of a process just spawned: watched until it says it is ready.
+    pub(crate) fn watch_notify(&mut self, name: &str, n: Notify) {
         let token = self.token();
-        if let Err(e) =
-            holden_sys::fd::set_nonblocking(fd.as_fd(), true).and_then(|()| self.epoll.add(&fd, token, READABLE))
-        {
-            say(&format!("{name}: cannot watch its readiness descriptor: {e}"));
+        let fd = n.as_fd();
+        if let Err(e) = holden_sys::fd::set_nonblocking(fd, true).and_then(|()| self.epoll.add(fd, token, READABLE)) {
+            say(&format!("{name}: cannot watch its readiness channel: {e}"));
             return;
         }
-        self.targets.insert(token, Target::Notify(name.into(), fd));
+        self.targets.insert(token, Target::Notify(name.into(), n));
         if let Some(svc) = self.services.get_mut(name) {
             svc.checks.notify = Some(token);
         }
     }
 
-    /// The readiness pipe is readable: a newline is readiness; the end of the pipe without one
-    /// is not (the ready timeout decides).
+    /// The readiness channel is readable. The pipe: a newline is readiness; its end without one
+    /// is not (the ready timeout decides). The socket: `READY=1` from the service's process or
+    /// one of its descendants (the kernel's credentials say who sent it) is readiness.
     pub(crate) fn on_notify(&mut self, token: u64) {
-        let Some(Target::Notify(name, fd)) = self.targets.get(&token) else { return };
-        let mut buf = [0u8; 512];
-        let (name, got) = (name.clone(), read_some(fd, &mut buf));
-        let said = got.is_some_and(|n| buf[..n].contains(&b'\n'));
-        if said || got == Some(0) {
+        let Some(Target::Notify(name, n)) = self.targets.get(&token) else { return };
+        let name = name.clone();
+        let main = self.services.get(&name).and_then(|s| s.m.pid);
+        let mut buf = [0u8; 4096];
+        let (said, over) = match n {
+            Notify::Fd(r) => {
+                let got = read_some(r, &mut buf);
+                let said = got.is_some_and(|n| buf[..n].contains(&b'\n'));
+                (said, said || got == Some(0))
+            }
+            Notify::Systemd { sock, .. } => {
+                let mut said = false;
+                // A bounded number per turn: a flood cannot hold the loop.
+                for _ in 0..64 {
+                    let Ok((len, pid)) = holden_sys::socket::recv_with_pid(sock.as_fd(), &mut buf) else { break };
+                    let from_service = pid.zip(main).is_some_and(|(p, m)| crate::procfs::descends_from(p, m));
+                    let ready = String::from_utf8_lossy(&buf[..len]).lines().any(|l| l == "READY=1");
+                    if ready && from_service {
+                        said = true;
+                        break;
+                    }
+                    if ready {
+                        say(&format!("{name}: READY=1 from pid {pid:?}, not the service's: ignored"));
+                    }
+                }
+                (said, said)
+            }
+        };
+        if over {
             self.unwatch_notify(token);
         }
         if said {

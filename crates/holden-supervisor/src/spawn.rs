@@ -18,6 +18,7 @@ use holden_orchestrator::machine::{Event, Wanted};
 use holden_sys::event::{READABLE, WRITABLE};
 
 use crate::exits::Proc;
+use crate::ready::Notify;
 use crate::state::{self, TAG_VAR};
 use crate::supervisor::{say, Supervisor, Target, SPAWN_BUDGET, SPAWN_TIME};
 
@@ -36,8 +37,8 @@ pub struct InFlight {
     call: holden::PendingSpawn,
     /// The read ends of the service's log pipes, watched once the spawn succeeds.
     pipes: Vec<(&'static str, OwnedFd)>,
-    /// The read end of its `notify = "fd"` pipe.
-    notify: Option<std::io::PipeReader>,
+    /// Its readiness channel (`notify`).
+    notify: Option<Notify>,
     tag: String,
     /// When the call is given up (or, abandoned, forgotten).
     pub(crate) deadline: Instant,
@@ -164,23 +165,35 @@ impl Supervisor {
             }
         }
         // notify = "fd": the write end goes to the child as that descriptor; the read end is
-        // watched once the spawn succeeds.
+        // watched once the spawn succeeds. notify = "systemd": a socket of its own, named in
+        // NOTIFY_SOCKET.
+        let path = cfg.agent.as_ref().map(|a| self.cfg.agents.get(a).map(|a| a.socket.clone()).unwrap_or_default());
         let mut notify = None;
-        if let Some(ReadyWhen::Fd(number)) = cfg.ready {
-            match std::io::pipe() {
+        match cfg.ready {
+            Some(ReadyWhen::Fd(number)) => match std::io::pipe() {
                 Ok((r, w)) => {
                     cmd.fd(number, OwnedFd::from(w));
-                    notify = Some(r);
+                    notify = Some(Notify::Fd(r));
                 }
                 Err(e) => {
                     let error = format!("pipe for notify = \"fd\": {e}");
                     return self.feed(name, Event::SpawnFailed { error, transient: false });
                 }
-            }
+            },
+            Some(ReadyWhen::Systemd) => match self.notify_socket(&tag, path.as_deref()) {
+                Ok((n, value)) => {
+                    cmd.env("NOTIFY_SOCKET", value);
+                    notify = Some(n);
+                }
+                Err(e) => {
+                    let error = format!("socket for notify = \"systemd\": {e}");
+                    return self.feed(name, Event::SpawnFailed { error, transient: false });
+                }
+            },
+            _ => {}
         }
         // The service's cgroup: below ours for a local service, below the agent's for an agent
         // service; its limits written before the child joins it.
-        let path = cfg.agent.as_ref().map(|a| self.cfg.agents.get(a).map(|a| a.socket.clone()).unwrap_or_default());
         let dir = self.service_cgroup(name);
         // What an earlier spawn used (settings change at reload): forgotten, and removed if it
         // is not the one used now.
@@ -351,7 +364,7 @@ impl Supervisor {
         name: &str,
         child: holden::Child,
         pipes: Vec<(&'static str, OwnedFd)>,
-        notify: Option<std::io::PipeReader>,
+        notify: Option<Notify>,
         tag: String,
     ) {
         let pid = child.pid().unwrap_or_else(|| child.spawner_pid());

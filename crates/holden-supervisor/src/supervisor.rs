@@ -141,8 +141,8 @@ pub(crate) enum Target {
     Pipe(Pipe),
     Conn(Conn),
     Spawn(InFlight),
-    /// The read end of a service's `notify = "fd"` pipe.
-    Notify(String, std::io::PipeReader),
+    /// A service's readiness channel.
+    Notify(String, crate::ready::Notify),
 }
 
 /// The supervisor: configuration, services, and every descriptor of the loop.

@@ -3,7 +3,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
-use crate::cvt;
+use crate::{cvt, cvt_long};
 
 /// Most descriptors one message may carry; more makes [`recv_with_fds`] report truncation.
 pub const MAX_FDS: usize = 8;
@@ -248,4 +248,63 @@ fn unix_addr(path: &std::path::Path) -> io::Result<(libc::sockaddr_un, libc::soc
     }
     let len = (std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1) as libc::socklen_t;
     Ok((addr, len))
+}
+
+/// Turns on `SO_PASSCRED`: each message then arrives with its sender's credentials, which
+/// [`recv_with_pid`] reads. Man page: <https://man7.org/linux/man-pages/man7/unix.7.html>.
+pub fn set_passcred(sock: BorrowedFd<'_>) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt reads an int from a live local.
+    cvt(unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PASSCRED,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Reads one message and its sender's pid (from `SCM_CREDENTIALS`, in the caller's pid
+/// namespace; `None` without `SO_PASSCRED` or when the sender is not visible here). Descriptors
+/// sent along are closed at once. Man page: <https://man7.org/linux/man-pages/man7/unix.7.html>.
+pub fn recv_with_pid(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Option<i32>)> {
+    let mut fds = Vec::new();
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+    let mut cmsg_buf = [0u64; 32];
+    // SAFETY: an all-zero msghdr is valid; the pointers set below outlive the call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+    // SAFETY: `msg` points to live buffers for the duration of the call.
+    let n = cvt_long(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) as libc::c_long })?;
+    let mut pid = None;
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs within msg_controllen; an
+    // SCM_CREDENTIALS payload is a ucred, an SCM_RIGHTS payload descriptors this process owns.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            match ((*cmsg).cmsg_level, (*cmsg).cmsg_type) {
+                (libc::SOL_SOCKET, libc::SCM_CREDENTIALS) => {
+                    let cred = (libc::CMSG_DATA(cmsg) as *const libc::ucred).read_unaligned();
+                    pid = (cred.pid > 0).then_some(cred.pid);
+                }
+                (libc::SOL_SOCKET, libc::SCM_RIGHTS) => {
+                    let bytes = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
+                    let data = libc::CMSG_DATA(cmsg) as *const RawFd;
+                    for i in 0..bytes / std::mem::size_of::<RawFd>() {
+                        fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+                    }
+                }
+                _ => {}
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    drop(fds);
+    Ok((n as usize, pid))
 }
