@@ -233,8 +233,8 @@ kill_mode = "group"
     let out = up.cli(&["status"]);
     let text = stdout(&out);
     assert!(out.status.success());
-    assert!(text.starts_with("NAME  STATE    PID"), "{text}");
-    assert!(text.lines().nth(1).unwrap().starts_with(&format!("a     running  {a}")), "{text}");
+    assert!(text.starts_with("NAME  STATE    READY/HEALTH  PID"), "{text}");
+    assert!(text.lines().nth(1).unwrap().starts_with(&format!("a     running  ready         {a}")), "{text}");
     assert!(text.contains("(local)"));
     let one: serde_json::Value = serde_json::from_slice(&up.cli(&["status", "--json", "b"]).stdout).unwrap();
     assert_eq!(one[0]["name"], "b");

@@ -99,3 +99,83 @@ fn a_service_with_a_cgroup_is_stopped_whole_by_default() {
     assert_eq!(svc("pids_max = 5\nkill_mode = \"process\""), KillMode::Process);
     assert_eq!(svc("kill_mode = \"group\""), KillMode::Group);
 }
+
+#[test]
+fn readiness_health_and_dependency_conditions() {
+    let c = p(r#"
+[services.db]
+command = ["db"]
+ready = { notify = "fd", fd = 5 }
+ready_timeout = "10s"
+health = { http = "http://localhost:8080/healthz?deep=1", interval = "1s", timeout = "300ms", failures = 2, start_period = "5s" }
+
+[services.init]
+command = ["init"]
+
+[services.web]
+command = ["web"]
+depends_on = { db = { condition = "ready", restart = true }, init = "completed" }
+ready = { tcp = "[::1]:80", interval = "2s" }
+"#)
+    .unwrap();
+    let db = &c.services["db"];
+    assert_eq!((db.ready.clone(), db.ready_timeout), (Some(ReadyWhen::Fd(5)), Duration::from_secs(10)));
+    let h = db.health.clone().unwrap();
+    assert_eq!(
+        h.probe,
+        Probe::Http {
+            addr: "127.0.0.1:8080".parse().unwrap(),
+            host: "localhost:8080".into(),
+            path: "/healthz?deep=1".into()
+        }
+    );
+    assert_eq!(
+        (h.interval, h.timeout, h.failures, h.start_period),
+        (Duration::from_secs(1), Duration::from_millis(300), 2, Duration::from_secs(5))
+    );
+    let web = &c.services["web"];
+    assert_eq!(web.depends_on, ["db", "init"]);
+    assert_eq!(web.dependencies["db"], Dependency { condition: Condition::Ready, restart: true });
+    assert_eq!(web.dependencies["init"], Dependency { condition: Condition::Completed, restart: false });
+    let Some(ReadyWhen::Probe { probe: Probe::Tcp(a), interval, timeout }) = &web.ready else { panic!() };
+    assert_eq!(
+        (a.to_string().as_str(), *interval, *timeout),
+        ("[::1]:80", Duration::from_secs(2), Duration::from_secs(2))
+    );
+    assert_eq!(start_order(&c.services), ["db", "init", "web"]);
+    // The list form: "started", no restart.
+    let c = p("[services.a]\ncommand = [\"x\"]\n[services.b]\ncommand = [\"y\"]\ndepends_on = [\"a\"]\n").unwrap();
+    assert_eq!(c.services["b"].dependencies["a"], Dependency { condition: Condition::Started, restart: false });
+}
+
+#[test]
+fn bad_readiness_health_and_conditions_are_located_errors() {
+    let svc = |keys: &str| format!("[services.a]\ncommand = [\"x\"]\n{keys}\n[services.b]\ncommand = [\"y\"]\n");
+    let cases = [
+        (svc("ready = { notify = \"fd\", fd = 2 }"), 3, "from 3 to 255"),
+        (svc("ready = { notify = \"dbus\" }"), 3, "\"fd\" or \"systemd\""),
+        (svc("ready = { log = \"x\" }\nstdout = \"null\"\nstderr = \"null\""), 3, "needs stdout or stderr"),
+        (svc("ready = { tcp = \"db.example:80\" }"), 3, "names are not looked up"),
+        (svc("ready = { tcp = \"127.0.0.1\" }"), 3, "needs a port"),
+        (svc("ready = { http = \"https://127.0.0.1/\" }"), 3, "https is not probed"),
+        (svc("ready = { exec = [] }"), 3, "non-empty array"),
+        (svc("ready = { exec = [\"x\"], tcp = \"127.0.0.1:1\" }"), 3, "one of"),
+        (svc("ready = { exec = [\"x\"], every = \"1s\" }"), 3, "unknown key \"every\""),
+        (svc("ready = { tcp = \"127.0.0.1:1\", interval = \"1ms\" }"), 3, "at least 10ms"),
+        (svc("ready_timeout = \"5s\""), 3, "ready_timeout needs ready"),
+        (svc("health = { notify = \"fd\" }"), 3, "exec, tcp or http"),
+        (svc("health = { exec = [\"x\"], failures = 0 }"), 3, "from 1 to 1000"),
+        (svc("depends_on = { b = \"healthy\" }"), 3, "\"started\", \"ready\" or \"completed\""),
+        (svc("depends_on = { b = { condition = \"ready\", restart = \"yes\" } }"), 3, "true or false"),
+        (svc("depends_on = { ghost = \"ready\" }"), 3, "unknown service \"ghost\""),
+        (svc("depends_on = 5"), 3, "list of names or a table"),
+    ];
+    for (text, line, needle) in &cases {
+        let e = p(text).unwrap_err();
+        assert_eq!(e.line, *line, "{text:?}: {e}");
+        assert!(e.message.contains(needle), "{text:?}: {e}");
+    }
+    let always = "[services.a]\ncommand = [\"x\"]\ndepends_on = { b = \"completed\" }\n[services.b]\ncommand = [\"y\"]\nrestart = \"always\"\n";
+    let e = p(always).unwrap_err();
+    assert!(e.message.contains("never completes") && e.line == 3 && e.column == 16, "{e}");
+}
