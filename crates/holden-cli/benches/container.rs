@@ -2,6 +2,9 @@
 //! root, with a Docker engine and the image from `make image`; /bin/busybox from Debian's
 //! busybox-static is bind-mounted into it). Prints figures, asserts nothing.
 //! - `holden exec -- /bin/busybox true` into the container vs `docker exec C /bin/busybox true`;
+//! - an exec health or readiness probe of `holden up` for an agent service, as it makes it
+//!   (connect to the agent, `Spawn`, wait for the exit through the pidfd) vs the same `docker
+//!   exec`, which is what Docker's own health checks cost;
 //! - spawns per second (spawn + wait of /bin/busybox true, one client) through the
 //!   containerised agent vs through an agent on the host.
 
@@ -36,6 +39,18 @@ fn spawns_per_second(socket: &Path) -> f64 {
         assert!(c.wait().unwrap().success());
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The cost of one exec probe through the agent on `socket`, as `holden up` makes it.
+fn exec_probe(socket: &Path) -> Duration {
+    let t = Instant::now();
+    let mut agent = holden::Agent::connect(socket).unwrap();
+    let mut cmd = holden::Command::new("/bin/busybox");
+    cmd.arg("true").stdin(holden::Stdio::null()).stdout(holden::Stdio::null()).stderr(holden::Stdio::null());
+    let mut c = cmd.spawn_via(&mut agent).unwrap();
+    holden_sys::event::poll_readable(c.pidfd(), Some(Duration::from_secs(2))).unwrap();
+    assert!(c.wait().unwrap().success());
+    t.elapsed()
 }
 
 fn wait_socket(p: &Path) {
@@ -95,6 +110,14 @@ fn main() {
     println!("holden exec -- true into the container: p50 {h50:?}, p90 {h90:?} (200 runs)");
     println!("docker exec CONTAINER true:            p50 {d50:?}, p90 {d90:?} (50 runs)");
     println!("ratio (p50): {:.0}x", d50.as_secs_f64() / h50.as_secs_f64());
+    let mut probes: Vec<Duration> = (0..500).map(|_| exec_probe(&csock)).collect();
+    probes.sort();
+    println!(
+        "exec probe of holden up into the container (connect, Spawn, wait): p50 {:?}, p90 {:?} (500 runs); vs docker exec p50: {:.0}x",
+        probes[250],
+        probes[450],
+        d50.as_secs_f64() / probes[250].as_secs_f64()
+    );
     println!(
         "spawns per second (spawn + wait, 1 client): containerised agent {:.0}/s, host agent {:.0}/s",
         spawns_per_second(&csock),

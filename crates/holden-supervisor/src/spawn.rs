@@ -370,7 +370,9 @@ impl Supervisor {
         let pid = child.pid().unwrap_or_else(|| child.spawner_pid());
         let Some(svc) = self.services.get_mut(name) else { return };
         // Verified, not assumed: the process is in its cgroup (it joined before exec).
-        if let (Some(want), Some(got)) = (&svc.cgroup_dir, child.pid().and_then(crate::cgroups::cgroup_of)) {
+        // (Only for a service with a cgroup: /proc is not read for the others.)
+        let got = svc.cgroup_dir.as_ref().and_then(|_| child.pid().and_then(crate::cgroups::cgroup_of));
+        if let (Some(want), Some(got)) = (&svc.cgroup_dir, got) {
             if !got.starts_with(want) {
                 say(&format!("{name}: pid {pid} is in {}, not in {}: killed", got.display(), want.display()));
                 let _ = holden_sys::process::pidfd_send_signal(child.pidfd(), libc::SIGKILL);
