@@ -48,7 +48,9 @@ fn read(p: &Path) -> String {
 fn cgroup_limits_hold_and_nothing_is_left_after_shutdown() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = Dir::new("cgroups");
-    let (path, cgroup) = base("limits");
+    // Two levels that do not exist yet: both made, both gone after shutdown.
+    let (top_path, top) = base("limits");
+    let (path, cgroup) = (format!("{top_path}/nested"), top.join("nested"));
     let services = format!(
         r#"cgroup = "{path}"
 
@@ -143,6 +145,7 @@ kill_mode = "cgroup"
 
     up.stop(&dir, &[]);
     assert!(!cgroup.exists(), "{} is left after shutdown", cgroup.display());
+    assert!(!top.exists(), "{} (made for the base) is left after shutdown", top.display());
 }
 
 #[test]

@@ -342,7 +342,13 @@ ready = {{ http = "http://127.0.0.1:{p}/", interval = "200ms" }}
     up.wait_for("probed", "ready", |s| s["ready"] == true);
     up.crash();
     let up = Up::start(&dir, &services);
-    assert!(up.output().contains("said: adopting pid"), "{}", up.output());
+    // The control socket is up before the adoption is done: wait for it.
+    wait_until(
+        "adoption",
+        scaled(Duration::from_secs(5)),
+        || up.output().contains("said: adopting pid"),
+        || up.output(),
+    );
     // Said once, recorded: ready at once. Probed: probed again.
     let s = up.wait_for("said", "ready", |s| s["ready"] == true);
     assert_eq!(s["pid"], said);

@@ -487,6 +487,12 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         Some(v) => match v.get_ref().as_str() {
             "auto" => CgroupSetting::Auto,
             "off" => CgroupSetting::Off,
+            p if p.trim_end_matches('/').is_empty() => {
+                return Err(at(
+                    v.span(),
+                    "cgroup = \"/\": the root cgroup cannot hold services; name a cgroup below it".into(),
+                ))
+            }
             p if p.starts_with('/') && !p.split('/').any(|c| c == "..") && !p.contains('\0') => {
                 CgroupSetting::Path(p.into())
             }

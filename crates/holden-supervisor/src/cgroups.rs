@@ -38,8 +38,9 @@ const CONTROLLERS: [&str; 5] = ["cpu", "cpuset", "io", "memory", "pids"];
 pub(crate) struct Cgroups {
     /// `BASE/services`.
     services: PathBuf,
-    /// The base, if this supervisor created it (removed at shutdown).
-    created_base: Option<PathBuf>,
+    /// The base and the topmost directory made for it, if this supervisor made it (removed
+    /// at shutdown, with the directories between).
+    created_base: Option<(PathBuf, PathBuf)>,
     /// The controllers enabled for services.
     controllers: Vec<&'static str>,
 }
@@ -139,7 +140,9 @@ impl Cgroups {
             }
             CgroupSetting::Path(p) => {
                 let base = Path::new(ROOT).join(p.strip_prefix("/").unwrap_or(p));
-                let created = !base.exists();
+                // The topmost directory this makes: it and what is below go at shutdown.
+                let created =
+                    base.ancestors().filter(|a| a.starts_with(ROOT) && !a.exists()).last().map(Path::to_path_buf);
                 // Every ancestor passes the controllers down (as far as it can).
                 let mut dir = PathBuf::from(ROOT);
                 for part in p.components().skip(1) {
@@ -150,7 +153,7 @@ impl Cgroups {
                     dir.push(part);
                 }
                 std::fs::create_dir_all(&base).map_err(err(format!("create cgroup {}", base.display())))?;
-                (base.clone(), created.then_some(base))
+                (base.clone(), created.map(|top| (base, top)))
             }
         };
         let offer = offered(&base);
@@ -196,8 +199,10 @@ impl Cgroups {
             .unwrap_or_default();
         remove_all(names.iter().map(|n| self.dir(n)));
         let _ = std::fs::remove_dir(&self.services);
-        if let Some(base) = &self.created_base {
-            let _ = std::fs::remove_dir(base);
+        if let Some((base, top)) = &self.created_base {
+            for dir in base.ancestors().take_while(|d| d.starts_with(top)) {
+                let _ = std::fs::remove_dir(dir);
+            }
         }
     }
 }

@@ -82,8 +82,12 @@ impl Supervisor {
         if svc.m.state != State::Running {
             c.next = None;
             c.pace = FIRST_TRY;
-            // An answer still to come belongs to a run that is over.
+            // An answer still to come belongs to a run that is over: it counts for nothing, and
+            // its deadline is no one's (the next probe waits for its thread all the same).
             c.seq += 1;
+            if let Some(f) = &mut c.in_flight {
+                f.2 = true;
+            }
             if let Some(token) = c.notify {
                 self.unwatch_notify(token);
             }

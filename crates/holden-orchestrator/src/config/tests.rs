@@ -64,6 +64,7 @@ fn errors_name_file_line_and_column() {
         ("[services.a]\ncommand = [\"x\"]\n[services.a]\n", 3, 11, "duplicate"),
         ("this is not toml", 1, 6, ""),
         ("[orchestrator]\nlog_max_size = 10\n", 2, 16, "at least 1024"),
+        ("[orchestrator]\ncgroup = \"//\"\n", 2, 10, "root cgroup cannot hold services"),
         ("[services.a]\ncommand = [\"x\"]\nenv = { \"A=B\" = \"1\" }\n", 1, 11, "holds '='"),
         ("[services.a]\ncommand = [\"x\\u0000\"]\n", 2, 11, "NUL"),
     ];
