@@ -143,7 +143,8 @@ impl Cgroups {
                 // The topmost directory this makes: it and what is below go at shutdown.
                 let created =
                     base.ancestors().filter(|a| a.starts_with(ROOT) && !a.exists()).last().map(Path::to_path_buf);
-                // Every ancestor passes the controllers down (as far as it can).
+                // Every ancestor passes the controllers down (as far as it can), each made in
+                // turn below the one that offers them.
                 let mut dir = PathBuf::from(ROOT);
                 for part in p.components().skip(1) {
                     let offer: Vec<String> = offered(&dir);
@@ -151,8 +152,13 @@ impl Cgroups {
                         CONTROLLERS.iter().copied().filter(|c| offer.iter().any(|o| o == c)).collect();
                     let _ = enable(&dir, &wanted);
                     dir.push(part);
+                    match std::fs::create_dir(&dir) {
+                        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+                            return Err(err(format!("create cgroup {}", dir.display()))(e));
+                        }
+                        _ => {}
+                    }
                 }
-                std::fs::create_dir_all(&base).map_err(err(format!("create cgroup {}", base.display())))?;
                 (base.clone(), created.map(|top| (base, top)))
             }
         };
