@@ -3,24 +3,45 @@
 #   make static  a static holden-agent (crt-static on the gnu target, optimised for size):
 #                bin/holden-agent-static
 #   make image   make static, then the image holden-agent (FROM scratch) with podman, else docker
+#   make install the release binaries, the systemd units and the example configuration under
+#                $(DESTDIR)$(PREFIX) (PREFIX=/usr/local by default; units in
+#                $(PREFIX)/lib/systemd/system, their paths rewritten to $(PREFIX)/bin)
 #   make clean   removes bin/ and cargo's build output
+# Binaries are replaced by rename, never written over: an agent running from bin/agent or an
+# installed path goes on running the old file, and the next start runs the new one.
 CARGO ?= cargo
 TARGET ?= $(shell uname -m)-unknown-linux-gnu
 ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 IMAGE ?= holden-agent
 
-.PHONY: all static image clean
+.PHONY: all static image install clean
+PREFIX ?= /usr/local
+DESTDIR ?=
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+# place SRC DST: copy to a temporary name beside DST, then rename over it.
+place = install -D -m 755 $(1) $(dir $(2)).$(notdir $(2)).new && mv -f $(dir $(2)).$(notdir $(2)).new $(2)
+
 all:
 	$(CARGO) build --release --bin holden-agent --bin pidfd_monitor --bin holden
 	mkdir -p bin
-	cp target/release/holden-agent bin/agent
-	cp target/release/pidfd_monitor bin/pidfd_monitor
+	$(call place,target/release/holden-agent,bin/agent)
+	$(call place,target/release/pidfd_monitor,bin/pidfd_monitor)
+
+install:
+	$(CARGO) build --release --bin holden-agent --bin holden
+	$(call place,target/release/holden,$(DESTDIR)$(PREFIX)/bin/holden)
+	$(call place,target/release/holden-agent,$(DESTDIR)$(PREFIX)/bin/holden-agent)
+	for u in dist/systemd/*; do \
+		install -D -m 644 $$u $(DESTDIR)$(UNITDIR)/$$(basename $$u) && \
+		sed -i 's|/usr/bin/|$(PREFIX)/bin/|g' $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
+	done
+	install -D -m 644 dist/holden.toml $(DESTDIR)$(PREFIX)/share/doc/holden/holden.toml.example
 
 # With --target, RUSTFLAGS reach only the target's code, not build scripts.
 static:
 	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --profile static -p holden-agent --target $(TARGET)
 	mkdir -p bin
-	cp target/$(TARGET)/static/holden-agent bin/holden-agent-static
+	$(call place,target/$(TARGET)/static/holden-agent,bin/holden-agent-static)
 	@file bin/holden-agent-static 2>/dev/null || true
 	@ls -l bin/holden-agent-static
 

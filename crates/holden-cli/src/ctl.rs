@@ -61,8 +61,8 @@ fn usage(cmd: &str) -> &'static str {
         "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
         "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
         "kill" => "Usage: holden kill [-s SIGNAL] NAME\n\nSends SIGNAL (default SIGTERM; a name such as SIGHUP or HUP, or a number) to a running\nservice, or to its process group with kill_mode = \"group\". The restart policy then applies.\n",
-        "logs" => "Usage: holden logs [-f] [-n N] NAME\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted.\n",
-        "events" => "Usage: holden events [--json]\n\nPrints every state change as it happens, until interrupted.\n",
+        "logs" => "Usage: holden logs [-f] [-n N] [--since WHEN] [NAME]...\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted (and fails, exit 3, if the orchestrator goes away). With no name,\nevery service's, or with several, those services' lines interleaved by time, each prefixed\nwith its service's name (coloured on a terminal unless NO_COLOR is set); N counts them all.\n--since prints every line from then on (at most 10,000 per service): a duration ago (30s,\n10m, 2h, 1d) or a UTC time (2026-11-27T10:00, 2026-11-27T10:00:05Z).\n",
+        "events" => "Usage: holden events [--json]\n\nPrints every state change as it happens, until interrupted; fails (exit 3) if the\norchestrator goes away.\n",
         "reload" => "Usage: holden reload\n\nReads the configuration again and applies it: added services start, removed ones stop,\nchanged ones restart with the new settings, unchanged ones are not touched. If the file does\nnot load, nothing changes and the error names file, line and column.\n",
         _ => "",
     }
@@ -75,6 +75,7 @@ struct Args {
     json: bool,
     follow: bool,
     lines: Option<u32>,
+    since: Option<String>,
     signal: Option<i32>,
     names: Vec<String>,
 }
@@ -87,6 +88,7 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
         json: false,
         follow: false,
         lines: None,
+        since: None,
         signal: None,
         names: Vec::new(),
     };
@@ -114,6 +116,7 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
                 let v = value()?;
                 a.lines = Some(v.parse().map_err(|_| format!("-n: {v:?} is not a line count"))?);
             }
+            ("logs", "--since") => a.since = Some(logs::parse_since(&value()?)?),
             ("kill", "-s" | "--signal") => a.signal = Some(config::parse_signal(&value()?)?),
             (_, "--") => {
                 a.names.extend(args[i + 1..].iter().cloned());
@@ -128,11 +131,13 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
     let n = a.names.len();
     match cmd {
         "start" | "stop" | "restart" if n == 0 => Err("name at least one service".into()),
-        "kill" | "logs" if n != 1 => Err("name exactly one service".into()),
+        "kill" if n != 1 => Err("name exactly one service".into()),
         "events" | "reload" if n != 0 => Err(format!("{cmd} takes no names")),
         _ => Ok(Some(a)),
     }
 }
+
+mod logs;
 
 type Params = serde_json::Map<String, Value>;
 
@@ -262,6 +267,9 @@ pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
 }
 
 fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
+    if cmd == "logs" {
+        return logs::run(a);
+    }
     let mut c = Client::connect(a)?;
     match cmd {
         "status" => {
@@ -302,26 +310,6 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
             let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
             println!("added: {}\nremoved: {}\nchanged: {}", list(&r.added), list(&r.removed), list(&r.changed));
         }
-        "logs" => {
-            let params = serde_json::json!({ "name": a.names[0], "lines": a.lines.unwrap_or(10) });
-            let deadline = c.deadline();
-            c.send("Logs", params, a.follow, deadline)?;
-            let mut out = std::io::stdout().lock();
-            // The first reply (the last lines) within the deadline; with -f, then new lines as
-            // they come, however long that takes.
-            let mut deadline = Some(deadline);
-            while let Some((p, continues)) = c.recv(deadline.take())? {
-                let lines: Vec<String> = field(&p, "lines")?;
-                for l in lines {
-                    if writeln!(out, "{l}").and_then(|_| out.flush()).is_err() {
-                        return Ok(ExitCode::SUCCESS);
-                    }
-                }
-                if !continues {
-                    break;
-                }
-            }
-        }
         "events" => {
             // Events replies only when something changes: a List first shows, within the
             // deadline, that the orchestrator answers; the events then come when they come.
@@ -329,7 +317,8 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
             let deadline = c.deadline();
             c.send("Events", serde_json::json!({}), true, deadline)?;
             let mut out = std::io::stdout().lock();
-            while let Some((p, _)) = c.recv(None)? {
+            loop {
+                let Some((p, _)) = c.recv(None)? else { return Err(went_away()) };
                 let e: StateChange = field(&p, "event")?;
                 let line = if a.json {
                     serde_json::to_string(&e).expect("plain struct")
@@ -351,6 +340,10 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
         _ => unreachable!("dispatched by main"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn went_away() -> Failure {
+    Failure::Unreachable("the orchestrator went away (it closed the connection)".into())
 }
 
 /// Every service of the orchestrator on `socket` (for the demo's status view).

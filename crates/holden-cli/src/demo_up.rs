@@ -119,7 +119,10 @@ pub fn run(length: Duration) -> Result<(), String> {
     }
 
     println!("\n== 3. live status ({} s, or Ctrl-C); the same view as `holden status`", length.as_secs());
-    std::thread::sleep(Duration::from_secs(3));
+    // The services' first moments, then a frame every second (every 4 s when piped), the
+    // last one at `length`, whether stdout is a terminal or not.
+    let warmup = Duration::from_secs(3).min(length);
+    std::thread::sleep(warmup);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let mut epoll = Epoll::new().map_err(|e| format!("epoll: {e}"))?;
     epoll.add(&signals, 0, READABLE).map_err(|e| format!("epoll: {e}"))?;
@@ -134,7 +137,7 @@ pub fn run(length: Duration) -> Result<(), String> {
         }
         println!(
             "-- {:>4.1} s -- {} (host services) / agent in its own namespaces --",
-            start.elapsed().as_secs_f64() + 3.0,
+            (start.elapsed() + warmup).as_secs_f64(),
             control.display()
         );
         print!("{}", crate::ctl::table(&list));
@@ -143,11 +146,12 @@ pub fn run(length: Duration) -> Result<(), String> {
         for l in up_text.lines().rev().take(6).collect::<Vec<_>>().into_iter().rev() {
             println!("  {l}");
         }
-        if start.elapsed() + Duration::from_secs(3) >= length {
+        let left = length.saturating_sub(start.elapsed() + warmup);
+        if left < Duration::from_millis(50) {
             break;
         }
         events.clear();
-        epoll.wait(Some(every), &mut events).map_err(|e| format!("epoll_wait: {e}"))?;
+        epoll.wait(Some(every.min(left)), &mut events).map_err(|e| format!("epoll_wait: {e}"))?;
         if !events.is_empty() {
             let _ = signals.read();
             interrupted = true;

@@ -156,6 +156,19 @@ fn reload_adds_removes_and_changes_services_and_leaves_unchanged_ones_running() 
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(pid(&up, "keep"), keep);
+    // Both ways are on the record (regression: a reload through the CLI was not).
+    let out = up.output();
+    assert!(
+        out.contains("reloaded (holden reload): added [\"add\"], removed [\"remove\"], changed [\"change\"]"),
+        "{out}"
+    );
+    assert!(out.contains("reload (holden reload): reload failed, nothing changed: "), "{out}");
+    wait_until(
+        "SIGHUP's line",
+        Duration::from_secs(5),
+        || up.output().contains("reloaded (SIGHUP): added []"),
+        || up.output(),
+    );
     up.stop(&dir, &[]);
 }
 
@@ -449,6 +462,11 @@ fn the_demo_runs_its_services_and_leaves_nothing_behind() {
         assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
     }
     assert!(text.contains("stdout serving as pid "), "web's log came through the agent: {text}");
+    // Piped, it still runs its 6 seconds, not more (regression: 7, in steps of 4 s).
+    let mut last =
+        text.lines().filter_map(|l| l.strip_prefix("-- ")?.split(" s --").next()?.trim().parse::<f64>().ok());
+    let last = last.next_back().expect("status frames");
+    assert!((5.5..6.6).contains(&last), "the last frame at {last} s:\n{text}");
 }
 
 #[test]
@@ -551,5 +569,93 @@ fn a_closed_stdout_does_not_stop_supervision() {
     wait_for_socket(&socket);
     let up = Up { proc, config: dir.path("holden.toml"), socket, out: dir.path("none") };
     up.wait_for("flap", "restarted many times", |s| s["restarts"].as_u64() >= Some(10));
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_followers_fail_when_the_orchestrator_goes_away() {
+    let dir = Dir::new("followers");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sh\", \"-c\", \"echo hello; exec sleep 1000\"]\n");
+    up.wait_state("s", "running");
+    let follow = |args: &[&str]| {
+        Command::new(HOLDEN)
+            .args(args)
+            .arg("--control-socket")
+            .arg(&up.socket)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let logs = follow(&["logs", "-f", "s"]);
+    let events = follow(&["events"]);
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    let pid = up.pid();
+    up.crash();
+    for (what, child) in [("logs -f", logs), ("events", events)] {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{what}: it used to end 0 as if all was well");
+        assert!(stderr(&out).contains("the orchestrator went away"), "{what}: {}", stderr(&out));
+    }
+    assert!(!alive(pid));
+}
+
+#[test]
+fn logs_of_every_service_interleave_by_time_with_their_names() {
+    let dir = Dir::new("logs-all");
+    let up = Up::start(
+        &dir,
+        r#"
+[services.alpha]
+command = ["sh", "-c", "echo a1; sleep 0.4; echo a2; sleep 0.4; echo a3; exec sleep 1000"]
+
+[services.beta]
+command = ["sh", "-c", "sleep 0.2; echo b1; sleep 0.4; echo b2; exec sleep 1000"]
+
+[services.quiet]
+command = ["sleep", "1000"]
+stdout = "null"
+stderr = "null"
+"#,
+    );
+    let logs = |args: &[&str]| {
+        let out = up.cli(&[&["logs"], args].concat());
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        stdout(&out)
+    };
+    wait_until("five lines", scaled(Duration::from_secs(5)), || logs(&[]).lines().count() == 5, || logs(&[]));
+    // No name: every service with a log (quiet has none), by time, each line named.
+    let all = logs(&[]);
+    let order: Vec<&str> = all.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
+    assert_eq!(order, ["a1", "b1", "a2", "b2", "a3"], "{all}");
+    assert!(all.lines().all(|l| l.starts_with("alpha | ") || l.starts_with("beta  | ")), "{all}");
+    // -n counts them all; several names likewise; one name is as it always was.
+    assert_eq!(logs(&["-n", "2"]).lines().count(), 2);
+    assert_eq!(
+        logs(&["alpha", "beta", "-n", "3"]).lines().map(|l| &l[..5]).collect::<Vec<_>>(),
+        ["alpha", "beta ", "alpha"]
+    );
+    assert!(logs(&["beta"]).lines().all(|l| l.contains(" stdout b")), "{}", logs(&["beta"]));
+    // --since: a duration ago, or a time.
+    assert_eq!(logs(&["--since", "1h"]).lines().count(), 5);
+    assert_eq!(logs(&["--since", "2099-01-01T00:00"]), "");
+    let bad = up.cli(&["logs", "--since", "yesterday"]);
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    // A named service without a log is an error, as before.
+    assert_eq!(up.cli(&["logs", "quiet"]).status.code(), Some(1));
+    // -f with two names: new lines of both, named.
+    let mut follow = Command::new(HOLDEN)
+        .args(["logs", "-f", "-n", "0", "alpha", "beta", "--control-socket"])
+        .arg(&up.socket)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
+    std::thread::sleep(scaled(Duration::from_millis(200)));
+    assert!(up.cli(&["restart", "beta"]).status.success());
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("beta  | ") && first.ends_with(" stdout b1"), "{first}");
+    kill(follow.id() as i32, 15);
+    follow.wait().unwrap();
     up.stop(&dir, &[]);
 }

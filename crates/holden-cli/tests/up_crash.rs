@@ -104,6 +104,7 @@ agent = "qm"
 "#,
     );
     let up = Up::start(&dir, &services);
+    let first_start = Instant::now();
     protect(up.pid());
     let pid = |up: &Up, n: &str| up.wait_state(n, "running")["pid"].as_i64().unwrap();
     let (steady, victim, remote) = (pid(&up, "steady"), pid(&up, "victim"), pid(&up, "remote"));
@@ -138,6 +139,11 @@ agent = "qm"
     let up = Up::start(&dir, &services);
     protect(up.pid());
     assert_eq!(pid(&up, "steady"), steady, "adopted, not restarted");
+    // Its uptime goes on from its start, not from the adoption (regression: it began anew).
+    let uptime = up.service("steady")["since_ms"].as_u64().unwrap();
+    let ran = first_start.elapsed().as_millis() as u64;
+    let slack = scaled(Duration::from_millis(500)).as_millis() as u64;
+    assert!(uptime + slack >= ran && uptime <= ran + slack, "uptime {uptime} ms, ran {ran} ms");
     assert_eq!(pid(&up, "remote"), remote, "adopted through the agent, not restarted");
     let victim2 = pid(&up, "victim");
     assert_ne!(victim2, victim, "what died meanwhile is started again");

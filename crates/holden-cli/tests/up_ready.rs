@@ -182,7 +182,11 @@ start_limit = { burst = 2, interval = "60s" }
 "#,
     );
     let s = up.wait_for("never", "failed", |s| s["state"] == "failed");
-    assert_eq!((s["restarts"].as_u64(), s["last_error"].as_str()), (Some(1), Some("not ready within 1s")), "{s}");
+    assert_eq!(
+        (s["restarts"].as_u64(), s["last_error"].as_str()),
+        (Some(1), Some("start limit reached: 2 starts in 60s; last error: not ready within 1s")),
+        "{s}"
+    );
     let out = up.output();
     assert!(out.contains("never: stopping") && out.contains("not ready within 1s"), "{out}");
     // Every hung probe was killed at its timeout: none is left.

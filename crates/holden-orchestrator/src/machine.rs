@@ -145,6 +145,8 @@ pub enum Event {
     Adopted {
         /// Its pid.
         pid: i32,
+        /// How long it has run: its uptime goes on from there.
+        age: Duration,
     },
     /// A timer the service armed has fired (spurious ones are ignored).
     Timer,
@@ -206,6 +208,8 @@ pub struct Service {
     failed_check: bool,
     /// Start times inside the start-limit window.
     starts: VecDeque<Instant>,
+    /// The spawn in flight counted as a restart (taken back if an unreachable agent fails it).
+    counted: bool,
     started_once: bool,
 }
 
@@ -227,6 +231,7 @@ impl Service {
             failures: 0,
             failed_check: false,
             starts: VecDeque::new(),
+            counted: false,
             started_once: false,
         }
     }
@@ -258,6 +263,7 @@ impl Service {
     }
 
     fn spawn(&mut self, now: Instant, acts: &mut Vec<Action>) {
+        self.counted = self.started_once;
         if self.started_once {
             self.restarts += 1;
         }
@@ -290,8 +296,14 @@ impl Service {
         self.starts.len() < l.burst as usize
     }
 
-    fn fail(&mut self, now: Instant) {
+    /// Parks it in `Failed`, saying why: the start limit, and the last error if there was one.
+    fn fail(&mut self, l: &StartLimit, now: Instant) {
         self.deadline = None;
+        let limit = format!("start limit reached: {} starts in {:?}", l.burst, l.interval);
+        self.last_error = Some(match self.last_error.take() {
+            Some(e) => format!("{limit}; last error: {e}"),
+            None => limit,
+        });
         self.set(State::Failed, now);
     }
 
@@ -301,7 +313,7 @@ impl Service {
             self.starts.push_back(now);
             self.spawn(now, acts);
         } else {
-            self.fail(now);
+            self.fail(&p.start_limit, now);
         }
     }
 
@@ -365,6 +377,12 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                         // and it is asked again no more often than every TRANSIENT_RETRY.
                         s.starts.pop_back();
                         s.delay = s.delay.max(TRANSIENT_RETRY);
+                        // Nor a restart: the service did not run.
+                        if std::mem::take(&mut s.counted) {
+                            s.restarts -= 1;
+                        } else {
+                            s.started_once = false;
+                        }
                     }
                     s.back_off(p, now, &mut acts);
                 }
@@ -402,17 +420,18 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                         s.back_off(p, now, &mut acts);
                     } else {
                         // No start is left: park at once rather than after the delay.
-                        s.fail(now);
+                        s.fail(&p.start_limit, now);
                     }
                 }
             }
         }
-        Event::Adopted { pid } => {
+        Event::Adopted { pid, age } => {
             if s.state == State::Stopped {
                 s.wanted = Wanted::Up;
                 s.started_once = true;
                 s.pid = Some(pid);
                 s.running(p, now, &mut acts);
+                s.since = now.checked_sub(age).unwrap_or(now);
             }
         }
         Event::Timer => match s.state {

@@ -100,7 +100,9 @@ impl Supervisor {
                 }
             }
             say(&format!("{name}: adopting pid {} from the last run", entry.pid));
-            self.feed(&name, Event::Adopted { pid: entry.pid });
+            let age =
+                self.services[&name].start_time.and_then(holden_sys::process::age_from_start_ticks).unwrap_or_default();
+            self.feed(&name, Event::Adopted { pid: entry.pid, age });
             // Notification and log readiness are said once: what was recorded stands. Probes
             // are simply run again.
             let said_once = matches!(

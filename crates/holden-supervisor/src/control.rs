@@ -246,7 +246,9 @@ impl Supervisor {
                 self.signal(&name, sig);
                 Ok(Some(empty))
             }
-            Request::Reload => self.reload().map(|r| Some(serde_json::to_value(r).expect("plain struct"))),
+            Request::Reload => {
+                self.reload_and_say("holden reload").map(|r| Some(serde_json::to_value(r).expect("plain struct")))
+            }
             Request::Logs(name, lines) => {
                 let s = self.services.get(&name).ok_or_else(|| ControlError::NoSuchService { name: name.clone() })?;
                 let tail = match &s.log {

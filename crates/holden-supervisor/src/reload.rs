@@ -15,6 +15,19 @@ use crate::supervisor::{Supervisor, Svc};
 
 impl Supervisor {
     /// Applies the configuration file again.
+    /// Reloads for `why` (`SIGHUP`, `holden reload`) and says what came of it on stdout.
+    pub(crate) fn reload_and_say(&mut self, why: &str) -> Result<ReloadReply, ControlError> {
+        let r = self.reload();
+        match &r {
+            Ok(r) => crate::supervisor::say(&format!(
+                "reloaded ({why}): added {:?}, removed {:?}, changed {:?}",
+                r.added, r.removed, r.changed
+            )),
+            Err(e) => crate::supervisor::say(&format!("reload ({why}): {e}")),
+        }
+        r
+    }
+
     pub(crate) fn reload(&mut self) -> Result<ReloadReply, ControlError> {
         if self.shutting_down {
             return Err(ControlError::ReloadFailed { message: "shutting down".into() });

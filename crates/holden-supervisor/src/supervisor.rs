@@ -569,12 +569,9 @@ impl Supervisor {
         while let Ok(Some(sig)) = self.signals.read() {
             match sig {
                 libc::SIGCHLD => sigchld = true,
-                libc::SIGHUP => match self.reload() {
-                    Ok(r) => {
-                        say(&format!("reloaded: added {:?}, removed {:?}, changed {:?}", r.added, r.removed, r.changed))
-                    }
-                    Err(e) => say(&format!("reload: {e}")),
-                },
+                libc::SIGHUP => {
+                    let _ = self.reload_and_say("SIGHUP");
+                }
                 _ if self.shutting_down => {
                     say("second stop signal: killing what is left");
                     for name in self.order.clone() {

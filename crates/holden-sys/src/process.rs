@@ -284,3 +284,18 @@ pub fn enter_net_namespace(pidfd: BorrowedFd<'_>, pid: i32) -> io::Result<()> {
         r => r.map(drop),
     }
 }
+
+/// How long ago a process started that started `start_ticks` clock ticks after boot (field 22
+/// of `/proc/PID/stat`), by `CLOCK_BOOTTIME` (which counts suspended time, as that field does).
+pub fn age_from_start_ticks(start_ticks: u64) -> Option<std::time::Duration> {
+    // SAFETY: sysconf reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes into a live local.
+    if hz <= 0 || unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) } != 0 {
+        return None;
+    }
+    let now = std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32);
+    let started = std::time::Duration::from_secs_f64(start_ticks as f64 / hz as f64);
+    now.checked_sub(started)
+}

@@ -62,6 +62,7 @@ fn crash_loop_backs_off_exponentially_then_fails_at_the_start_limit() {
     r.at(t, Event::Exited(Exit::Signal(11)));
     assert_eq!(r.s.state, State::Failed);
     assert_eq!(r.s.last_exit, Some(Exit::Signal(11)));
+    assert_eq!(r.s.last_error.as_deref(), Some("start limit reached: 5 starts in 60s"));
     // A start by hand begins anew.
     assert_eq!(r.at(t + 1, Event::Start), [Action::Spawn]);
     assert_eq!(r.s.state, State::Starting);
@@ -172,6 +173,7 @@ fn a_missing_program_counts_against_the_start_limit() {
         r.at(t, Event::Timer);
     }
     assert_eq!(r.s.state, State::Failed);
+    assert_eq!(r.s.last_error.as_deref(), Some("start limit reached: 5 starts in 60s; last error: exec: not found"));
 }
 
 #[test]
@@ -190,15 +192,16 @@ fn zero_backoff_restarts_in_the_same_step() {
 #[test]
 fn an_adopted_process_is_running_and_restarted_when_it_ends_unknown() {
     let mut r = Run::new(Restart::OnFailure);
-    assert_eq!(r.at(0, Event::Adopted { pid: 42 }), []);
+    assert_eq!(r.at(3000, Event::Adopted { pid: 42, age: Duration::from_secs(2) }), []);
+    assert_eq!(r.s.since, r.ms(1000), "its uptime goes on");
     assert_eq!((r.s.state, r.s.pid, r.s.wanted), (State::Running, Some(42), Wanted::Up));
-    let acts = r.at(10, Event::Exited(Exit::Unknown));
-    assert_eq!(acts, [Action::ArmTimer(r.ms(110))]);
+    let acts = r.at(3010, Event::Exited(Exit::Unknown));
+    assert_eq!(acts, [Action::ArmTimer(r.ms(3110))]);
     assert_eq!(r.s.last_exit, Some(Exit::Unknown));
     // Adoption only takes a service that has nothing running.
     let mut r = Run::new(Restart::OnFailure);
     r.at(0, Event::Start);
-    r.at(0, Event::Adopted { pid: 9 });
+    r.at(0, Event::Adopted { pid: 9, age: Duration::ZERO });
     assert_eq!(r.s.state, State::Starting);
 }
 
@@ -277,4 +280,32 @@ fn failed_health_checks_in_a_row_restart_it_and_a_pass_resets_the_count() {
     let acts = r.at(8, Event::Exited(Exit::Signal(15)));
     assert_eq!(acts, [Action::ArmTimer(r.ms(108))], "a failure: restarted after the backoff");
     assert_eq!(r.s.health, Health::Unknown);
+}
+
+#[test]
+fn regression_retries_while_an_agent_is_away_are_not_restarts() {
+    let mut r = Run::new(Restart::Always);
+    r.at(0, Event::Start);
+    let mut t = 0;
+    for _ in 0..3 {
+        let acts = r.at(t, Event::SpawnFailed { error: "refused".into(), transient: true });
+        let Action::ArmTimer(at) = acts[0] else { panic!("{acts:?}") };
+        t = at.duration_since(r.t0).as_millis() as u64;
+        r.at(t, Event::Timer);
+    }
+    r.at(t, Event::Spawned { pid: 3 });
+    assert_eq!(r.s.restarts, 0, "retries while the agent was away are not restarts");
+    // Nor later ones: one restart, then the agent is away a while.
+    let acts = r.at(t + 1, Event::Exited(Exit::Code(1)));
+    let Action::ArmTimer(at) = acts[0] else { panic!("{acts:?}") };
+    t = at.duration_since(r.t0).as_millis() as u64;
+    assert_eq!(r.at(t, Event::Timer), [Action::Spawn]);
+    for _ in 0..5 {
+        let acts = r.at(t, Event::SpawnFailed { error: "refused".into(), transient: true });
+        let Action::ArmTimer(at) = acts[0] else { panic!("{acts:?}") };
+        t = at.duration_since(r.t0).as_millis() as u64;
+        assert_eq!(r.at(t, Event::Timer), [Action::Spawn]);
+    }
+    r.at(t, Event::Spawned { pid: 4 });
+    assert_eq!(r.s.restarts, 1);
 }
