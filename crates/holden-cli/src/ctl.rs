@@ -167,13 +167,37 @@ impl Failure {
 }
 
 impl Client {
+    /// Connects to the orchestrator `a` names, or the one the configuration found names
+    /// (see `holden up --help`), or the default. When nothing answers, the error says which
+    /// socket was tried and why that one.
     fn connect(a: &Args) -> Result<Client, Failure> {
-        let from_config = match &a.config {
-            Some(f) => config::load(f).map_err(|e| Failure::Broken(e.to_string()))?.control_socket,
+        // The configuration is read only when the socket is not given outright.
+        let given = a.socket.is_some() || std::env::var_os("HOLDEN_CONTROL_SOCKET").is_some_and(|v| !v.is_empty());
+        let found = if given { None } else { crate::up::find_config(a.config.as_deref(), false) };
+        let from_config = match &found {
+            Some((f, _)) => config::load(f).map_err(|e| Failure::Broken(e.to_string()))?.control_socket,
             None => None,
         };
-        let path = crate::up::control_socket_path(a.socket.as_deref(), from_config.as_deref());
-        Client::open(&path, a.timeout)
+        let (path, how) = holden_supervisor::control_socket_choice(a.socket.as_deref(), from_config.as_deref());
+        let how = match (&found, how) {
+            _ if given => how.to_string(),
+            (Some((f, via)), "the configuration's control_socket") => {
+                format!("the control_socket of {} ({via})", f.display())
+            }
+            (Some((f, via)), how) => format!("{how}; {} ({via}) names none", f.display()),
+            (None, how) => {
+                format!("{how}; no configuration found ($HOLDEN_CONFIG, ./holden.toml, {})", crate::up::DEFAULT_CONFIG)
+            }
+        };
+        Client::open(&path, a.timeout).map_err(|e| match e {
+            Failure::Unreachable(m) if m.contains("Permission denied") => {
+                Failure::Broken(format!("{m}: not allowed to connect (the socket was chosen by {how})"))
+            }
+            Failure::Unreachable(m) => Failure::Unreachable(format!(
+                "{m}\n  the socket was chosen by {how}\n  start one with `holden up`, or name its configuration with -c FILE"
+            )),
+            e => e,
+        })
     }
 
     /// Connects to `path` within `timeout` (a listener whose backlog is full is retried until
@@ -451,22 +475,22 @@ pub fn table(list: &[ServiceStatus]) -> String {
 
 /// `holden check [-c FILE]`: validates a configuration without running anything.
 pub fn check(args: Vec<String>) -> ExitCode {
-    let mut file = PathBuf::from(crate::up::DEFAULT_CONFIG);
+    let mut file = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "-h" | "--help" => {
                 println!(
-                    "Usage: holden check [-c FILE]\n\nChecks a configuration (default {}) and prints its services in start order.\nErrors name the file, line and column.\n\nExit status: 0 when valid, 1 when not, 2 on a usage error.",
+                    "Usage: holden check [-c FILE]\n\nChecks a configuration (default: $HOLDEN_CONFIG, else ./holden.toml if there is one, else\n{}) and prints its services in start order. Errors name the file, line and column.\n\nExit status: 0 when valid, 1 when not, 2 on a usage error.",
                     crate::up::DEFAULT_CONFIG
                 );
                 return ExitCode::SUCCESS;
             }
             "-c" | "--config" if i + 1 < args.len() => {
                 i += 1;
-                file = args[i].clone().into();
+                file = Some(PathBuf::from(&args[i]));
             }
-            a if a.starts_with("--config=") => file = a["--config=".len()..].into(),
+            a if a.starts_with("--config=") => file = Some(a["--config=".len()..].into()),
             a => {
                 eprintln!("holden check: unexpected argument {a:?} (see holden check --help)");
                 return ExitCode::from(2);
@@ -474,6 +498,7 @@ pub fn check(args: Vec<String>) -> ExitCode {
         }
         i += 1;
     }
+    let file = crate::up::find_config(file.as_deref(), true).map(|c| c.0).unwrap_or_default();
     match holden_supervisor::load_config(&file) {
         Ok(c) => {
             let order = config::start_order(&c.services);

@@ -659,3 +659,39 @@ stderr = "null"
     follow.wait().unwrap();
     up.stop(&dir, &[]);
 }
+
+#[test]
+fn commands_find_the_orchestrator_without_flags_and_say_where_they_looked() {
+    use std::os::unix::process::CommandExt;
+    let dir = Dir::new("discover");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1000\"]\n");
+    up.wait_state("s", "running");
+    let holden = |cwd: &std::path::Path, env: &[(&str, &std::path::Path)]| {
+        let mut c = Command::new(HOLDEN);
+        c.arg("status").current_dir(cwd).env_remove("HOLDEN_CONFIG").env_remove("HOLDEN_CONTROL_SOCKET");
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        run_short(&mut c)
+    };
+    // ./holden.toml, then $HOLDEN_CONFIG: its control_socket.
+    let here = holden(&dir.0, &[]);
+    assert!(here.status.success() && stdout(&here).contains("s     running"), "{}", stderr(&here));
+    let elsewhere = std::env::temp_dir();
+    let via_env = holden(&elsewhere, &[("HOLDEN_CONFIG", &up.config)]);
+    assert!(via_env.status.success(), "{}", stderr(&via_env));
+    // Nothing answers: which socket, chosen how, and what to do.
+    let gone = dir.path("gone.sock");
+    let none = holden(&elsewhere, &[("HOLDEN_CONTROL_SOCKET", &gone)]);
+    assert_eq!(none.status.code(), Some(3));
+    let err = stderr(&none);
+    assert!(err.contains(&gone.display().to_string()) && err.contains("chosen by $HOLDEN_CONTROL_SOCKET"), "{err}");
+    assert!(err.contains("start one with `holden up`"), "{err}");
+    // Not allowed to connect is not "no orchestrator" (regression: exit 3 for both).
+    std::fs::set_permissions(&up.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let denied =
+        run_short(Command::new(HOLDEN).args(["status", "--control-socket"]).arg(&up.socket).uid(65534).gid(65534));
+    assert_eq!(denied.status.code(), Some(1), "{}", stderr(&denied));
+    assert!(stderr(&denied).contains("not allowed to connect"), "{}", stderr(&denied));
+    up.stop(&dir, &[]);
+}

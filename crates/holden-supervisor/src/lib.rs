@@ -141,23 +141,31 @@ pub fn run(options: Options) -> Result<(), Error> {
 /// The control socket: the flag, else `$HOLDEN_CONTROL_SOCKET`, else the configuration's,
 /// else the default for this user.
 pub fn control_socket_path(flag: Option<&Path>, from_config: Option<&Path>) -> PathBuf {
+    control_socket_choice(flag, from_config).0
+}
+
+/// [`control_socket_path`], and how it was chosen (for messages): `--control-socket`,
+/// `$HOLDEN_CONTROL_SOCKET`, `the configuration's control_socket`, or the default.
+pub fn control_socket_choice(flag: Option<&Path>, from_config: Option<&Path>) -> (PathBuf, &'static str) {
     if let Some(p) = flag {
-        return p.into();
+        return (p.into(), "--control-socket");
     }
     if let Some(p) = std::env::var_os("HOLDEN_CONTROL_SOCKET").filter(|p| !p.is_empty()) {
-        return p.into();
+        return (p.into(), "$HOLDEN_CONTROL_SOCKET");
     }
     if let Some(p) = from_config {
-        return p.into();
+        return (p.into(), "the configuration's control_socket");
     }
     if holden_sys::fd::geteuid() == 0 {
-        return "/run/holden/orchestrator.sock".into();
+        return ("/run/holden/orchestrator.sock".into(), "the default for root");
     }
-    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join(format!("holden-{}", holden_sys::fd::geteuid())));
-    runtime.join("holden/orchestrator.sock")
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(r) => (PathBuf::from(r).join("holden/orchestrator.sock"), "the default: $XDG_RUNTIME_DIR/holden"),
+        None => (
+            std::env::temp_dir().join(format!("holden-{}", holden_sys::fd::geteuid())).join("holden/orchestrator.sock"),
+            "the default without $XDG_RUNTIME_DIR: $TMPDIR/holden-UID/holden",
+        ),
+    }
 }
 
 /// The state directory (logs, state file): the configuration's, else the default for this user.

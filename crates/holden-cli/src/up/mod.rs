@@ -10,14 +10,12 @@ use std::process::ExitCode;
 
 use holden_supervisor::{Access, Options};
 
-pub use holden_supervisor::control_socket_path;
-
 const HELP: &str = "\
 Usage: holden up [-c FILE] [--control-socket PATH] [--socket-mode MODE]
                  [--allow-uid UID]... [--allow-gid GID]...
 
-Runs the supervisor in the foreground: starts the services of FILE (default
-/etc/holden/holden.toml) in dependency order, restarts them by their policy, captures their
+Runs the supervisor in the foreground: starts the services of FILE (default: $HOLDEN_CONFIG,
+else ./holden.toml if there is one, else /etc/holden/holden.toml) in dependency order, restarts them by their policy, captures their
 logs, and serves the control socket that `holden status`, `holden start` and the others use.
 State changes are printed on stdout, one line each.
 
@@ -44,8 +42,27 @@ use), 2 on a usage error.
 /// The default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/holden/holden.toml";
 
+/// The configuration file to use, and how it was found: `-c FILE`, else `$HOLDEN_CONFIG`, else
+/// `./holden.toml` if there is one, else `/etc/holden/holden.toml`. `None` when none was named
+/// and neither of the files exists (`need` asks for the last anyway: `holden up` must have one).
+pub fn find_config(explicit: Option<&std::path::Path>, need: bool) -> Option<(std::path::PathBuf, &'static str)> {
+    if let Some(p) = explicit {
+        return Some((p.into(), "-c"));
+    }
+    if let Some(p) = std::env::var_os("HOLDEN_CONFIG").filter(|p| !p.is_empty()) {
+        return Some((p.into(), "$HOLDEN_CONFIG"));
+    }
+    let here = std::path::Path::new("holden.toml");
+    if here.is_file() {
+        return Some((here.into(), "./holden.toml"));
+    }
+    let etc = std::path::Path::new(DEFAULT_CONFIG);
+    (need || etc.is_file()).then(|| (etc.into(), DEFAULT_CONFIG))
+}
+
 fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
     let holder = std::env::current_exe().ok().map(|exe| vec![exe.into_os_string(), "fdholder".into()]);
+    let mut config = None;
     let mut o = Options {
         config: DEFAULT_CONFIG.into(),
         control_socket: None,
@@ -70,7 +87,7 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         let id = |v: String, what: &str| v.parse::<u32>().map_err(|_| format!("{what}: {v:?} is not a number"));
         match flag {
             "-h" | "--help" => return Ok(None),
-            "-c" | "--config" => o.config = value()?.into(),
+            "-c" | "--config" => config = Some(std::path::PathBuf::from(value()?)),
             "--control-socket" => o.control_socket = Some(value()?.into()),
             "--socket-mode" => {
                 let v = value()?;
@@ -85,6 +102,7 @@ fn parse(args: Vec<String>) -> Result<Option<Options>, String> {
         }
         i += 1;
     }
+    o.config = find_config(config.as_deref(), true).map(|c| c.0).unwrap_or_else(|| DEFAULT_CONFIG.into());
     Ok(Some(o))
 }
 
