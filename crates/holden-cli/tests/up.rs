@@ -695,3 +695,47 @@ fn commands_find_the_orchestrator_without_flags_and_say_where_they_looked() {
     assert!(stderr(&denied).contains("not allowed to connect"), "{}", stderr(&denied));
     up.stop(&dir, &[]);
 }
+
+#[test]
+fn regression_ctrl_c_in_the_terminal_reaches_the_orchestrator_alone() {
+    use std::os::unix::process::CommandExt;
+    let dir = Dir::new("ctrl-c");
+    let file = dir.path("signals");
+    write_config(
+        &dir,
+        &format!(
+            "[services.s]\ncommand = [\"sh\", \"-c\", \"trap 'echo INT >> {f}' INT; trap 'echo TERM >> {f}; exit 0' TERM; while :; do sleep 0.05; done\"]\n",
+            f = file.display()
+        ),
+    );
+    // As in a terminal: holden up leads the foreground process group, and Ctrl-C is SIGINT to
+    // that whole group. The services used to be in it, and got SIGINT straight away.
+    let mut up = Command::new(HOLDEN)
+        .args(["up", "-c"])
+        .arg(dir.path("holden.toml"))
+        .env(MARKER, &dir.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    wait_for_socket(&dir.path("control.sock"));
+    let status = |args: &[&str]| {
+        run_short(Command::new(HOLDEN).args(args).arg("--control-socket").arg(dir.path("control.sock")))
+    };
+    wait_until(
+        "s running",
+        scaled(Duration::from_secs(5)),
+        || stdout(&status(&["status"])).contains("running"),
+        String::new,
+    );
+    std::thread::sleep(scaled(Duration::from_millis(200)));
+    run_short(Command::new("kill").args(["-INT", "--", &format!("-{}", up.id())]));
+    assert!(up.wait().unwrap().success());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "TERM\n",
+        "the service got only the orchestrator's stop signal"
+    );
+    dir.assert_no_leftovers(&[]);
+}

@@ -28,6 +28,9 @@ use toml::Spanned;
 use crate::constraints::RawConstraints;
 pub use crate::constraints::{CgroupLimit, Constraints};
 pub use crate::readiness::{Condition, Dependency, Health, Probe, ReadyWhen};
+pub use env::{interpolate, read_env_file};
+
+mod env;
 
 /// The longest service name (it names files and keys; 128 is plenty).
 pub const MAX_NAME: usize = 128;
@@ -221,6 +224,7 @@ struct RawService {
     restart: Option<Restart>,
     #[serde(default)]
     env: BTreeMap<String, String>,
+    env_file: Option<Spanned<toml::Value>>,
     cwd: Option<PathBuf>,
     depends_on: Option<Spanned<toml::Value>>,
     ready: Option<Spanned<toml::Value>>,
@@ -306,6 +310,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         column: 1,
         message: format!("cannot read the file: {e}"),
     })?;
+    let text = interpolate(&text, |k| std::env::var(k).ok()).map_err(|(offset, message)| {
+        let before = &text[..offset.min(text.len())];
+        ConfigError {
+            file: path.into(),
+            line: before.matches('\n').count() + 1,
+            column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
+            message,
+        }
+    })?;
     parse(path, &text)
 }
 
@@ -348,6 +361,22 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         if let Some(k) = s.env.keys().find(|k| k.is_empty() || k.contains('=')) {
             return Err(at(name.span(), format!("service {n}: env name {k:?} is empty or holds '='")));
         }
+        // env_file: one path or a list, relative to this file; `env` is applied over them.
+        let mut env = BTreeMap::new();
+        if let Some(f) = &s.env_file {
+            let paths: Option<Vec<&str>> = match f.get_ref() {
+                toml::Value::String(p) => Some(vec![p.as_str()]),
+                toml::Value::Array(a) => a.iter().map(toml::Value::as_str).collect(),
+                _ => None,
+            };
+            let paths =
+                paths.ok_or_else(|| at(f.span(), format!("service {n}: env_file is a path or a list of paths")))?;
+            for p in paths {
+                let p = file.parent().unwrap_or(Path::new(".")).join(p);
+                env.extend(read_env_file(&p).map_err(|m| at(f.span(), format!("service {n}: {m}")))?);
+            }
+        }
+        env.extend(s.env.clone());
         if let Some(a) = &s.agent {
             if !raw.agents.contains_key(a.get_ref()) {
                 return Err(at(a.span(), format!("service {n}: unknown agent {:?}", a.get_ref())));
@@ -444,7 +473,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 command: s.command.get_ref().clone(),
                 agent: s.agent.as_ref().map(|a| a.get_ref().clone()),
                 restart: s.restart.unwrap_or(Restart::OnFailure),
-                env: s.env.clone(),
+                env,
                 cwd: s.cwd.clone(),
                 depends_on: deps.iter().map(|(d, _)| d.clone()).collect(),
                 dependencies: deps.into_iter().collect(),

@@ -103,9 +103,9 @@ impl Supervisor {
         if let Some(cwd) = &cfg.cwd {
             cmd.current_dir(cwd);
         }
-        if cfg.kill_mode == KillMode::Group {
-            cmd.setsid(true);
-        }
+        // A session (so a process group) of its own, whatever the kill mode: a terminal's
+        // Ctrl-C reaches holden up alone, which stops the services in order.
+        cmd.setsid(true);
         if let (None, Some((soft, hard))) = (&cfg.agent, self.child_nofile) {
             cmd.rlimit("nofile", Some(soft), Some(hard));
         }

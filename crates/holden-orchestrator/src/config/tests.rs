@@ -180,3 +180,35 @@ fn bad_readiness_health_and_conditions_are_located_errors() {
     let e = p(always).unwrap_err();
     assert!(e.message.contains("never completes") && e.line == 3 && e.column == 16, "{e}");
 }
+
+#[test]
+fn env_files_and_variables_from_the_environment() {
+    let dir = std::env::temp_dir().join(format!("holden-config-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("app.env"), "# settings\nA=1\nexport B=\"two words\"\n\nC='x'\n").unwrap();
+    std::fs::write(dir.join("bad.env"), "A=1\nnot a line\n").unwrap();
+    let conf = dir.join("holden.toml");
+    std::env::set_var("HOLDEN_TEST_CONFIG_PORT", "6380");
+    std::fs::write(
+        &conf,
+        "[services.db]\ncommand = [\"db\", \"--port\", \"${HOLDEN_TEST_CONFIG_PORT}\", \"${HOLDEN_TEST_UNSET:-dflt}\"]\nenv_file = \"app.env\"\nenv = { C = \"over\" }\n",
+    )
+    .unwrap();
+    let c = load(&conf).unwrap();
+    let db = &c.services["db"];
+    assert_eq!(db.command, ["db", "--port", "6380", "dflt"]);
+    let env: Vec<(&str, &str)> = db.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(env, [("A", "1"), ("B", "two words"), ("C", "over")]);
+    // An unset variable without a default: file, line and column.
+    std::fs::write(&conf, "[services.db]\ncommand = [\"db\",\n  \"${HOLDEN_TEST_UNSET}\"]\n").unwrap();
+    let e = load(&conf).unwrap_err();
+    assert_eq!((e.line, e.column), (3, 4), "{e}");
+    assert!(e.message.contains("HOLDEN_TEST_UNSET is not set"), "{e}");
+    // A bad env file names its line; a missing one says so.
+    std::fs::write(&conf, "[services.db]\ncommand = [\"db\"]\nenv_file = [\"app.env\", \"bad.env\"]\n").unwrap();
+    let e = load(&conf).unwrap_err();
+    assert!(e.line == 3 && e.message.contains("bad.env:2: not KEY=VALUE"), "{e}");
+    std::fs::write(&conf, "[services.db]\ncommand = [\"db\"]\nenv_file = \"missing.env\"\n").unwrap();
+    assert!(load(&conf).unwrap_err().message.contains("missing.env: No such file"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
