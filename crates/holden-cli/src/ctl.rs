@@ -56,7 +56,7 @@ fn timeout() -> Result<Duration, String> {
 
 fn usage(cmd: &str) -> &'static str {
     match cmd {
-        "status" => "Usage: holden status [--json] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent, and MEM and CPU where services have cgroups. READY/HEALTH is healthy or unhealthy once\na health check has answered, else ready when the service is ready (its ready check passed, or\nit runs and has none), else -. A service held by a dependency shows what it waits for as its\nlast exit. With --json, a JSON array of objects with the keys name, state, wanted, pid (null\nwhen not running), since_ms, restarts, last_exit, last_error, agent, ready, health (unknown,\nhealthy or unhealthy), health_check and waiting (when held), and for a service with a cgroup\nmemory_bytes, cpu_usec, cpu_percent, oom_kills and pids.\n",
+        "status" => "Usage: holden status [--json] [-w|--watch] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent, and MEM and CPU where services have cgroups. READY/HEALTH is healthy or unhealthy once\na health check has answered, else ready when the service is ready (its ready check passed, or\nit runs and has none), else -. A service held by a dependency shows what it waits for as its\nlast exit. With --json, a JSON array of objects with the keys name, state, wanted, pid (null\nwhen not running), since_ms, restarts, last_exit, last_error, agent, ready, health (unknown,\nhealthy or unhealthy), health_check and waiting (when held), and for a service with a cgroup\nmemory_bytes, cpu_usec, cpu_percent, oom_kills and pids. With --watch, again every second until\ninterrupted: in place on a terminal, else one timestamped table after another (for scripts\nand dumb terminals); it fails (exit 3) if the orchestrator goes away.\n",
         "start" => "Usage: holden start NAME...\n\nAsks for services to be up; a failed or exited service starts afresh.\n",
         "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
         "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
@@ -73,6 +73,7 @@ struct Args {
     socket: Option<PathBuf>,
     config: Option<PathBuf>,
     json: bool,
+    watch: bool,
     follow: bool,
     lines: Option<u32>,
     since: Option<String>,
@@ -86,6 +87,7 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
         socket: None,
         config: None,
         json: false,
+        watch: false,
         follow: false,
         lines: None,
         since: None,
@@ -111,6 +113,7 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
             (_, "--control-socket") => a.socket = Some(value()?.into()),
             (_, "-c" | "--config") => a.config = Some(value()?.into()),
             ("status" | "events", "--json") => a.json = true,
+            ("status", "-w" | "--watch") => a.watch = true,
             ("logs", "-f" | "--follow") => a.follow = true,
             ("logs", "-n" | "--lines") => {
                 let v = value()?;
@@ -297,23 +300,29 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
     let mut c = Client::connect(a)?;
     match cmd {
         "status" => {
-            let list: Vec<ServiceStatus> = if a.names.is_empty() {
-                let reply = c.call("List", serde_json::json!({}))?;
-                if let Some(e) = reply.get("state_file_error").and_then(|e| e.as_str()) {
-                    eprintln!("holden status: warning: state file: {e} (retrying)");
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+            loop {
+                let list: Vec<ServiceStatus> = match status_list(&mut c, a) {
+                    // Watching, an orchestrator that goes away is the end (exit 3).
+                    Err(Failure::Broken(_)) if a.watch => return Err(went_away()),
+                    r => r?,
+                };
+                let mut out = std::io::stdout().lock();
+                let text = if a.json {
+                    serde_json::to_string_pretty(&list).expect("plain structs") + "\n"
+                } else if a.watch && tty {
+                    // Home, the table, then clear what an older, longer one left.
+                    format!("\x1b[H{}\x1b[J", table(&list).replace('\n', "\x1b[K\n"))
+                } else if a.watch {
+                    format!("{}\n{}", holden_cli::timestamp(std::time::SystemTime::now()), table(&list))
+                } else {
+                    table(&list)
+                };
+                if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() || !a.watch {
+                    break;
                 }
-                field(&reply, "services")?
-            } else {
-                let mut v = Vec::new();
-                for n in &a.names {
-                    v.push(field(&c.call("Status", serde_json::json!({ "name": n }))?, "service")?);
-                }
-                v
-            };
-            if a.json {
-                println!("{}", serde_json::to_string_pretty(&list).expect("plain structs"));
-            } else {
-                print!("{}", table(&list));
+                drop(out);
+                std::thread::sleep(Duration::from_secs(1));
             }
         }
         "start" | "stop" | "restart" => {
@@ -368,6 +377,18 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
 
 fn went_away() -> Failure {
     Failure::Unreachable("the orchestrator went away (it closed the connection)".into())
+}
+
+/// The services `a` names, or all of them.
+fn status_list(c: &mut Client, a: &Args) -> Result<Vec<ServiceStatus>, Failure> {
+    if a.names.is_empty() {
+        let reply = c.call("List", serde_json::json!({}))?;
+        if let Some(e) = reply.get("state_file_error").and_then(|e| e.as_str()) {
+            eprintln!("holden status: warning: state file: {e} (retrying)");
+        }
+        return field(&reply, "services");
+    }
+    a.names.iter().map(|n| field(&c.call("Status", serde_json::json!({ "name": n }))?, "service")).collect()
 }
 
 /// Every service of the orchestrator on `socket` (for the demo's status view).

@@ -739,3 +739,30 @@ fn regression_ctrl_c_in_the_terminal_reaches_the_orchestrator_alone() {
     );
     dir.assert_no_leftovers(&[]);
 }
+
+#[test]
+fn status_watch_prints_a_table_every_second_until_the_orchestrator_goes_away() {
+    let dir = Dir::new("watch");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1000\"]\n");
+    up.wait_state("s", "running");
+    let mut watch = Command::new(HOLDEN)
+        .args(["status", "--watch", "--control-socket"])
+        .arg(&up.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
+    let mut tables = 0;
+    while tables < 2 {
+        let l = lines.next().unwrap().unwrap();
+        if l.starts_with("NAME ") {
+            tables += 1;
+        } else {
+            assert!(l.starts_with("20") || l.starts_with("s "), "{l}");
+        }
+    }
+    up.crash();
+    let out = watch.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}
