@@ -24,6 +24,7 @@ Options:
   --control-socket PATH    the control socket; else $HOLDEN_CONTROL_SOCKET, else the file's
                            [orchestrator] control_socket, else /run/holden/orchestrator.sock
                            (for root) or $XDG_RUNTIME_DIR/holden/orchestrator.sock
+                           ($TMPDIR/holden-UID/holden/orchestrator.sock without it)
   --socket-mode MODE       the control socket's mode, octal (default 0660)
   --allow-uid UID          besides root and the orchestrator's own uid, who may start, stop,
   --allow-gid GID          kill, reload and read logs (repeatable); anyone who can connect
