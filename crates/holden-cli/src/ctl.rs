@@ -62,12 +62,14 @@ fn usage(cmd: &str) -> &'static str {
         "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
         "kill" => "Usage: holden kill [-s SIGNAL] NAME\n\nSends SIGNAL (default SIGTERM; a name such as SIGHUP or HUP, or a number) to a running\nservice, or to its process group with kill_mode = \"group\". The restart policy then applies.\n",
         "logs" => "Usage: holden logs [-f] [-n N] [--since WHEN] [NAME]...\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted (and fails, exit 3, if the orchestrator goes away). With no name,\nevery service's, or with several, those services' lines interleaved by time, each prefixed\nwith its service's name (coloured on a terminal unless NO_COLOR is set); N counts them all.\n--since prints every line from then on (at most 10,000 per service): a duration ago (30s,\n10m, 2h, 1d) or a UTC time (2026-11-27T10:00, 2026-11-27T10:00:05Z).\n",
+        "top" => "Usage: holden top\n\nA live, full-screen view: the services (kept current from the orchestrator's events), and a\nlog pane following the selected service or every service. Keys: arrows or j/k select, s\nstart, x stop, r restart, K SIGKILL (asks first), l log pane (selected, every service,\noff), / filter by name, ? help, q quit. NO_COLOR turns colours off. Fails (exit 3) if the\norchestrator goes away.\n",
         "events" => "Usage: holden events [--json]\n\nPrints every state change as it happens, until interrupted; fails (exit 3) if the\norchestrator goes away.\n",
         "reload" => "Usage: holden reload\n\nReads the configuration again and applies it: added services start, removed ones stop,\nchanged ones restart with the new settings, unchanged ones are not touched. If the file does\nnot load, nothing changes and the error names file, line and column.\n",
         _ => "",
     }
 }
 
+#[derive(Clone)]
 struct Args {
     timeout: Duration,
     socket: Option<PathBuf>,
@@ -135,12 +137,13 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
     match cmd {
         "start" | "stop" | "restart" if n == 0 => Err("name at least one service".into()),
         "kill" if n != 1 => Err("name exactly one service".into()),
-        "events" | "reload" if n != 0 => Err(format!("{cmd} takes no names")),
+        "events" | "reload" | "top" if n != 0 => Err(format!("{cmd} takes no names")),
         _ => Ok(Some(a)),
     }
 }
 
 mod logs;
+mod top;
 
 type Params = serde_json::Map<String, Value>;
 
@@ -297,6 +300,9 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
     if cmd == "logs" {
         return logs::run(a);
     }
+    if cmd == "top" {
+        return top::run(a);
+    }
     let mut c = Client::connect(a)?;
     match cmd {
         "status" => {
@@ -424,40 +430,36 @@ fn bytes(n: u64) -> String {
     format!("{v:.1}{}", UNITS[unit])
 }
 
+/// One service's cells in the status table: name, state, ready/health, pid, uptime, restarts,
+/// last exit (or error, or what it waits for), agent, MEM, CPU.
+pub(crate) fn table_row(s: &ServiceStatus) -> Vec<String> {
+    let dash = || "-".to_string();
+    vec![
+        s.name.clone(),
+        if s.wanted == "down" && s.state != "stopped" { format!("{} (down)", s.state) } else { s.state.clone() },
+        match s.health.as_str() {
+            "healthy" | "unhealthy" if s.health_check => s.health.clone(),
+            _ if s.ready => "ready".into(),
+            _ => dash(),
+        },
+        s.pid.map_or_else(dash, |p| p.to_string()),
+        if s.state == "running" { human(s.since_ms) } else { dash() },
+        s.restarts.to_string(),
+        match (&s.last_exit, &s.last_error) {
+            _ if s.waiting.is_some() => s.waiting.clone().unwrap_or_default(),
+            (_, Some(e)) if s.state != "running" => e.clone(),
+            (Some(x), _) => x.clone(),
+            _ => dash(),
+        },
+        s.agent.clone().unwrap_or_else(|| "(local)".into()),
+        s.memory_bytes.map_or_else(dash, bytes),
+        s.cpu_percent.map_or_else(|| if s.cpu_usec.is_some() { "0%".into() } else { dash() }, |p| format!("{p}%")),
+    ]
+}
+
 /// The status table.
 pub fn table(list: &[ServiceStatus]) -> String {
-    let rows: Vec<Vec<String>> = list
-        .iter()
-        .map(|s| {
-            let dash = || "-".to_string();
-            vec![
-                s.name.clone(),
-                if s.wanted == "down" && s.state != "stopped" {
-                    format!("{} (down)", s.state)
-                } else {
-                    s.state.clone()
-                },
-                match s.health.as_str() {
-                    "healthy" | "unhealthy" if s.health_check => s.health.clone(),
-                    _ if s.ready => "ready".into(),
-                    _ => dash(),
-                },
-                s.pid.map_or_else(dash, |p| p.to_string()),
-                if s.state == "running" { human(s.since_ms) } else { dash() },
-                s.restarts.to_string(),
-                match (&s.last_exit, &s.last_error) {
-                    _ if s.waiting.is_some() => s.waiting.clone().unwrap_or_default(),
-                    (_, Some(e)) if s.state != "running" => e.clone(),
-                    (Some(x), _) => x.clone(),
-                    _ => dash(),
-                },
-                s.agent.clone().unwrap_or_else(|| "(local)".into()),
-                s.memory_bytes.map_or_else(dash, bytes),
-                s.cpu_percent
-                    .map_or_else(|| if s.cpu_usec.is_some() { "0%".into() } else { dash() }, |p| format!("{p}%")),
-            ]
-        })
-        .collect();
+    let rows: Vec<Vec<String>> = list.iter().map(table_row).collect();
     let mut head =
         vec!["NAME", "STATE", "READY/HEALTH", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT", "MEM", "CPU"];
     let mut rows = rows;

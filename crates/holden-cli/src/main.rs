@@ -20,12 +20,13 @@ Commands:
   demo     run a demonstration (about 20 seconds): an agent in its own namespaces and the
            orchestrator supervising services through it, with a live status view
   up       run the supervisor in the foreground       [-c FILE]
-  status   list services and their state              [--json] [NAME]...
+  status   list services and their state              [--json] [--watch] [NAME]...
+  top      a live, full-screen view with logs; keys: s x r K l / ? q
   start    start services                             NAME...
   stop     stop services                              NAME...
   restart  restart services                           NAME...
   kill     signal a service                           [-s SIGNAL] NAME
-  logs     print a service's captured log             [-f] [-n N] NAME
+  logs     print captured logs, of all by default     [-f] [-n N] [--since WHEN] [NAME]...
   events   print state changes as they happen         [--json]
   reload   apply the configuration file again
   check    validate a configuration file              [-c FILE]
@@ -36,11 +37,13 @@ Commands:
 
 Each command has --help. The agent socket is --agent PATH, else $HOLDEN_SOCKET_PATH, else
 /run/holden/agent.sock. The orchestrator's control socket is --control-socket PATH, else
-$HOLDEN_CONTROL_SOCKET, else the configuration's, else /run/holden/orchestrator.sock (root) or
+$HOLDEN_CONTROL_SOCKET, else the configuration's (-c FILE, else $HOLDEN_CONFIG, else
+./holden.toml, else /etc/holden/holden.toml), else /run/holden/orchestrator.sock (root) or
 $XDG_RUNTIME_DIR/holden/orchestrator.sock.
 
 Exit status: 0 on success, 1 when the command failed, 2 on a usage error, 3 when the
-orchestrator does not answer (status, start, stop, restart, kill, logs, events, reload);
+orchestrator does not answer or goes away (status, top, start, stop, restart, kill, logs,
+events, reload);
 `holden exec` exits with the command's own status (see `holden exec --help`).
 ";
 
@@ -56,7 +59,9 @@ fn main() -> ExitCode {
         "exec" => exec::main(rest),
         "up" => up::main(rest),
         "check" => ctl::check(rest),
-        "status" | "start" | "stop" | "restart" | "kill" | "logs" | "events" | "reload" => ctl::main(&cmd, rest),
+        "status" | "start" | "stop" | "restart" | "kill" | "logs" | "events" | "reload" | "top" => {
+            ctl::main(&cmd, rest)
+        }
         "ping" | "info" => query::main(&cmd, rest),
         "agent" => holden_agent::main_with_args(rest),
         // The log-pipe holder `holden up` starts for itself (not for direct use).
