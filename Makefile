@@ -3,6 +3,8 @@
 #   make static  a static holden-agent (crt-static on the gnu target, optimised for size):
 #                bin/holden-agent-static
 #   make image   make static, then the image holden-agent (FROM scratch) with podman, else docker
+#   make image-demo  the same plus a static busybox as /bin/sh and the usual tools: the image
+#                holden-agent-demo, in which the README's examples run as written
 #   make install the release binaries, the systemd units and the example configuration under
 #                $(DESTDIR)$(PREFIX) (PREFIX=/usr/local by default; units in
 #                $(PREFIX)/lib/systemd/system, their paths rewritten to $(PREFIX)/bin)
@@ -13,8 +15,10 @@ CARGO ?= cargo
 TARGET ?= $(shell uname -m)-unknown-linux-gnu
 ENGINE ?= $(shell command -v podman >/dev/null 2>&1 && echo podman || echo docker)
 IMAGE ?= holden-agent
+IMAGE_DEMO ?= holden-agent-demo
+BUSYBOX ?= /bin/busybox
 
-.PHONY: all static image install clean
+.PHONY: all static image image-demo image-demo-root install clean
 PREFIX ?= /usr/local
 DESTDIR ?=
 UNITDIR ?= $(PREFIX)/lib/systemd/system
@@ -47,6 +51,18 @@ static:
 
 image: static
 	$(ENGINE) build -t $(IMAGE) -f Containerfile .
+
+# The demo image's root: the static agent, busybox and a link to it for each of its applets.
+image-demo-root: static
+	@file -L $(BUSYBOX) 2>/dev/null | grep -q static || { echo "$(BUSYBOX) is not a static busybox: apt-get install busybox-static" >&2; exit 1; }
+	rm -rf bin/image-demo
+	mkdir -p bin/image-demo/bin bin/image-demo/usr/bin bin/image-demo/run/holden
+	install -m 755 $(BUSYBOX) bin/image-demo/bin/busybox
+	for a in $$($(BUSYBOX) --list); do [ "$$a" = busybox ] || ln -s busybox bin/image-demo/bin/$$a; done
+	install -m 755 bin/holden-agent-static bin/image-demo/usr/bin/holden-agent
+
+image-demo: image-demo-root
+	$(ENGINE) build -t $(IMAGE_DEMO) -f Containerfile.demo bin/image-demo
 
 clean:
 	rm -rf bin

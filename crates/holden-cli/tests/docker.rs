@@ -198,3 +198,36 @@ fn the_agent_in_a_docker_container_serves_the_host() {
     assert!(stdout(&left).trim().is_empty(), "container left: {}", stdout(&left));
     assert!(!socket.exists());
 }
+
+#[test]
+fn the_readme_examples_run_as_written_in_the_demo_image() {
+    if !engine_ready() {
+        return;
+    }
+    const DEMO: &str = "holden-agent-demo";
+    assert!(
+        docker(&["image", "inspect", DEMO]).status.success(),
+        "the image {DEMO} is missing: run `make image-demo` first (.ci/run does)"
+    );
+    let dir = Dir::new("docker-demo");
+    let name = format!("holden-test-demo-{}", std::process::id());
+    let mount = format!("{}:/run/holden", dir.0.display());
+    // The README's line, with a directory of this test's own for /run/holden.
+    let out = docker(&["run", "-d", "--name", &name, "--cgroupns", "private", "-v", &mount, DEMO]);
+    assert!(out.status.success(), "run: {}", stderr(&out));
+    let _container = Container(name.clone());
+    let socket = dir.path("agent.sock");
+    wait_for_socket(&socket);
+    // `holden exec --agent /run/holden/agent.sock -- /bin/sh -c 'readlink /proc/self/ns/pid'`:
+    // the image's own /bin/sh, in the container's pid namespace (exit 127 in the bare image).
+    let out = run_short(
+        Command::new(HOLDEN)
+            .args(["exec", "--agent"])
+            .arg(&socket)
+            .args(["--", "/bin/sh", "-c", "readlink /proc/self/ns/pid"]),
+    );
+    assert!(out.status.success(), "exec: {} {}", out.status, stderr(&out));
+    let inside = stdout(&out).trim().to_owned();
+    assert!(inside.starts_with("pid:[") && inside != ns("self", "pid"), "{inside}");
+    assert_eq!(inside, ns(init_pid(&name), "pid"));
+}
