@@ -220,12 +220,12 @@ fn the_readme_examples_run_as_written_in_the_demo_image() {
     wait_for_socket(&socket);
     // `holden exec --agent /run/holden/agent.sock -- /bin/sh -c 'readlink /proc/self/ns/pid'`:
     // the image's own /bin/sh, in the container's pid namespace (exit 127 in the bare image).
-    let out = run_short(
-        Command::new(HOLDEN)
-            .args(["exec", "--agent"])
-            .arg(&socket)
-            .args(["--", "/bin/sh", "-c", "readlink /proc/self/ns/pid"]),
-    );
+    let out = run_short(Command::new(HOLDEN).args(["exec", "--agent"]).arg(&socket).args([
+        "--",
+        "/bin/sh",
+        "-c",
+        "readlink /proc/self/ns/pid",
+    ]));
     assert!(out.status.success(), "exec: {} {}", out.status, stderr(&out));
     let inside = stdout(&out).trim().to_owned();
     assert!(inside.starts_with("pid:[") && inside != ns("self", "pid"), "{inside}");

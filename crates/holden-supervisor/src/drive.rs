@@ -12,7 +12,7 @@ use holden_sys::process;
 
 use crate::conn::Follow;
 use crate::exits::exit_text;
-use crate::supervisor::{say, Supervisor};
+use crate::supervisor::{say, say_at, Supervisor};
 
 impl Supervisor {
     // ---- the state machine -----------------------------------------------------------------
@@ -22,8 +22,10 @@ impl Supervisor {
     pub(crate) fn feed(&mut self, name: &str, event: Event) {
         let Some(svc) = self.services.get_mut(name) else { return };
         let before = (svc.m.state, svc.m.pid, svc.m.ready, svc.m.health);
-        let (m, actions) = machine::next(&svc.policy(), &svc.m, event, Instant::now());
+        let now = Instant::now();
+        let (m, actions) = machine::next(&svc.policy(), &svc.m, event, now);
         svc.m = m;
+        svc.fed_at = now;
         let after = (svc.m.state, svc.m.pid, svc.m.ready, svc.m.health);
         let held = svc.waiting.is_some();
         let mut spawn = false;
@@ -60,7 +62,7 @@ impl Supervisor {
     pub(crate) fn tell(&mut self, name: &str, kind: &str) {
         let Some(svc) = self.services.get(name) else { return };
         let change = StateChange {
-            time: crate::text::timestamp(SystemTime::now()),
+            time: crate::text::timestamp(self.when(name, kind)),
             service: name.into(),
             state: svc.m.state.name().into(),
             pid: svc.m.pid,
@@ -75,6 +77,16 @@ impl Supervisor {
             |f| *f == Follow::Events,
             || holden_proto::encode_reply(&serde_json::json!({ "event": change }), true),
         );
+    }
+
+    /// When a change of `kind` happened: a state change when the state machine made it (its
+    /// clock, not the time it is told, so that the times on record measure its delays exactly);
+    /// anything else now.
+    fn when(&self, name: &str, kind: &str) -> SystemTime {
+        match self.services.get(name) {
+            Some(s) if kind == "state" => SystemTime::now() - s.fed_at.elapsed(),
+            _ => SystemTime::now(),
+        }
     }
 
     /// After a change of `kind` (see [`Supervisor::tell`]): tell, record, plan probes, move
@@ -96,7 +108,7 @@ impl Supervisor {
         }
         // Clients that follow events first: they act on them; stdout is a record.
         self.tell(name, kind);
-        say(&line);
+        say_at(&line, self.when(name, kind));
         self.plan_checks(name);
         if self.notify.active() {
             self.notify.send(&format!("STATUS={}", self.summary()));

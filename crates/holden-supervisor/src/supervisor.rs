@@ -72,6 +72,8 @@ pub(crate) struct Svc {
     pub(crate) waiting: Option<String>,
     /// A `restart = true` dependency stopped meeting its condition: restart once it does.
     pub(crate) restart_pending: bool,
+    /// When its state machine last took an event (the time of a state change it made).
+    pub(crate) fed_at: Instant,
 }
 
 impl Svc {
@@ -96,6 +98,7 @@ impl Svc {
             checks: crate::ready::Checks::default(),
             waiting: None,
             restart_pending: false,
+            fed_at: now,
         }
     }
 
@@ -221,8 +224,13 @@ static UNSAID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(
 /// supervision. A line that cannot be written is dropped and counted; the next one written
 /// says how many were.
 pub(crate) fn say(line: &str) {
+    say_at(line, SystemTime::now());
+}
+
+/// [`say`], with the time the line is about (a state change's, taken by the state machine).
+pub(crate) fn say_at(line: &str, at: SystemTime) {
     use std::sync::atomic::Ordering;
-    let now = crate::text::timestamp(SystemTime::now());
+    let now = crate::text::timestamp(at);
     let unsaid = UNSAID.load(Ordering::Relaxed);
     let mut text = String::new();
     if unsaid > 0 {
