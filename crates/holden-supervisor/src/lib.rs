@@ -9,9 +9,10 @@
 //! pipe gets one read per iteration ([`logs`]), a failed state write is retried ([`state`]).
 //!
 //! Modules, one job each: [`supervisor`] the loop and the glue to the state machine,
-//! [`spawn`] local and agent spawns, [`control`] the control socket, [`adopt`] adoption and
-//! the sweep of strays, [`reload`], [`state`] the state file, [`logs`], [`holder`] the process
-//! that keeps log pipes open across a crash, [`notify`] `sd_notify`, [`procfs`] and [`text`].
+//! [`spawn`] local and agent spawns, [`control`] the control socket, `adopt` adoption and
+//! the sweep of strays, `reload`, [`state`] the state file, [`logs`], [`holder`] the process
+//! that keeps log pipes open across a crash, [`notify`] `sd_notify`, [`procfs`] and [`text`];
+//! `ready` and `probe` readiness and health, `deps` dependency conditions, `cgroups`.
 //!
 //! What it deliberately does not do: decide. Every per-service decision is
 //! `holden_orchestrator::machine::next`; reload and shutdown order are pure functions of

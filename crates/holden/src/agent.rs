@@ -18,6 +18,18 @@ pub const DEFAULT_SOCKET: &str = "/run/holden/agent.sock";
 ///
 /// Every call has a deadline ([`Agent::set_timeout`], 5 s by default). The connection is
 /// re-opened on demand, so an `Agent` outlives agent restarts.
+///
+/// ```no_run
+/// # fn main() -> Result<(), holden::Error> {
+/// let mut agent = holden::Agent::connect("/run/holden/agent.sock")?;
+/// agent.set_timeout(std::time::Duration::from_secs(2));
+/// agent.ping()?;
+/// let info = agent.info()?;
+/// println!("agent {} (pid {} in its namespace): {:?}", info.version, info.pid, info.features);
+/// let mut child = holden::Command::new("hostname").spawn_via(&mut agent)?;
+/// assert!(child.wait()?.success());
+/// # Ok(()) }
+/// ```
 pub struct Agent {
     path: PathBuf,
     conn: Option<Conn>,

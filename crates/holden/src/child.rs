@@ -72,6 +72,17 @@ enum Source {
 ///
 /// Dropping a `Child` neither kills nor waits for it, as with `std::process::Child`; a local
 /// child that is never waited for stays a zombie until the caller exits.
+///
+/// ```
+/// # fn main() -> Result<(), holden::Error> {
+/// let mut child = holden::Command::new("sleep").arg("1000").spawn()?;
+/// assert!(child.try_wait()?.is_none(), "still running");
+/// child.signal(libc::SIGTERM)?; // through the pidfd: never a recycled pid
+/// let status = child.wait()?;
+/// assert_eq!((status.code(), status.signal()), (None, Some(libc::SIGTERM)));
+/// assert_eq!(status.shell_code(), 128 + libc::SIGTERM);
+/// # Ok(()) }
+/// ```
 pub struct Child {
     pidfd: OwnedFd,
     pid: Option<i32>,

@@ -104,6 +104,21 @@ impl Command {
     /// Passes `fd` to the child as descriptor `number` (3 to 255; a number given twice keeps
     /// the last), locally and through an agent (the descriptor travels with the call). Used
     /// for readiness notification (`notify = "fd"`), inherited sockets and the like. At most 8.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::io::Read;
+    /// let (mut ready, w) = std::io::pipe()?;
+    /// let mut cmd = holden::Command::new("sh");
+    /// cmd.args(["-c", "echo up >&3"]).fd(3, w.into());
+    /// let mut child = cmd.spawn()?;
+    /// drop(cmd); // our copy of the write end
+    /// let mut said = String::new();
+    /// ready.read_to_string(&mut said)?;
+    /// assert_eq!(said, "up\n");
+    /// assert!(child.wait()?.success());
+    /// # Ok(()) }
+    /// ```
     pub fn fd(&mut self, number: i32, fd: OwnedFd) -> &mut Command {
         self.fds.retain(|(n, _)| *n != number);
         let at = self.fds.partition_point(|(n, _)| *n < number);
@@ -284,6 +299,17 @@ impl Command {
     }
 
     /// Spawns the command as a child of this process.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), holden::Error> {
+    /// use holden::{Command, Stdio};
+    /// let mut child = Command::new("sh").args(["-c", "exit 3"]).stdout(Stdio::null()).spawn()?;
+    /// assert_eq!(child.wait()?.code(), Some(3));
+    /// // A program that is not there: an error with the errno of exec, and no child left.
+    /// let e = Command::new("/nonexistent").spawn().unwrap_err();
+    /// assert_eq!(e.exec_errno(), Some(libc::ENOENT));
+    /// # Ok(()) }
+    /// ```
     pub fn spawn(&mut self) -> Result<Child, Error> {
         self.check()?;
         let program = self.program.as_bytes();
