@@ -61,10 +61,10 @@ fn usage(cmd: &str) -> &'static str {
         "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
         "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
         "kill" => "Usage: holden kill [-s SIGNAL] NAME\n\nSends SIGNAL (default SIGTERM; a name such as SIGHUP or HUP, or a number) to a running\nservice, or to its process group with kill_mode = \"group\". The restart policy then applies.\n",
-        "logs" => "Usage: holden logs [-f] [-n N] [--since WHEN] [NAME]...\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted (and fails, exit 3, if the orchestrator goes away). With no name,\nevery service's, or with several, those services' lines interleaved by time, each prefixed\nwith its service's name (coloured on a terminal unless NO_COLOR is set); N counts them all.\n--since prints every line from then on (at most 10,000 per service): a duration ago (30s,\n10m, 2h, 1d) or a UTC time (2026-11-27T10:00, 2026-11-27T10:00:05Z).\n",
+        "logs" => "Usage: holden logs [-f] [-n N] [--since WHEN] [--json] [NAME]...\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted (and fails, exit 3, if the orchestrator goes away). With no name,\nevery service's, or with several, those services' lines interleaved by time, each prefixed\nwith its service's name (coloured on a terminal unless NO_COLOR is set); N counts them all.\n--since prints every line from then on (at most 10,000 per service): a duration ago (30s,\n10m, 2h, 1d) or a UTC time (2026-11-27T10:00, 2026-11-27T10:00:05Z). With --json, one JSON\nobject per line: service, time, stream, text.\n",
         "top" => "Usage: holden top\n\nA live, full-screen view: the services (kept current from the orchestrator's events), and a\nlog pane following the selected service or every service. Keys: arrows or j/k select, s\nstart, x stop, r restart, K SIGKILL (asks first), l log pane (selected, every service,\noff), / filter by name, ? help, q quit. NO_COLOR turns colours off. Fails (exit 3) if the\norchestrator goes away.\n",
         "events" => "Usage: holden events [--json]\n\nPrints every state change as it happens, until interrupted; fails (exit 3) if the\norchestrator goes away.\n",
-        "reload" => "Usage: holden reload\n\nReads the configuration again and applies it: added services start, removed ones stop,\nchanged ones restart with the new settings, unchanged ones are not touched. If the file does\nnot load, nothing changes and the error names file, line and column.\n",
+        "reload" => "Usage: holden reload [--json]\n\nReads the configuration again and applies it: added services start, removed ones stop,\nchanged ones restart with the new settings, unchanged ones are not touched. If the file does\nnot load, nothing changes and the error names file, line and column. With --json, an object\nwith the lists added, removed and changed.\n",
         _ => "",
     }
 }
@@ -114,7 +114,7 @@ fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
             (_, "-h" | "--help") => return Ok(None),
             (_, "--control-socket") => a.socket = Some(value()?.into()),
             (_, "-c" | "--config") => a.config = Some(value()?.into()),
-            ("status" | "events", "--json") => a.json = true,
+            ("status" | "events" | "logs" | "reload", "--json") => a.json = true,
             ("status", "-w" | "--watch") => a.watch = true,
             ("logs", "-f" | "--follow") => a.follow = true,
             ("logs", "-n" | "--lines") => {
@@ -346,6 +346,10 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
         "reload" => {
             let r: ReloadReply = serde_json::from_value(Value::Object(c.call("Reload", serde_json::json!({}))?))
                 .map_err(|e| Failure::Broken(format!("malformed reply: {e}")))?;
+            if a.json {
+                println!("{}", serde_json::to_string(&r).expect("plain struct"));
+                return Ok(ExitCode::SUCCESS);
+            }
             let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
             println!("added: {}\nremoved: {}\nchanged: {}", list(&r.added), list(&r.removed), list(&r.changed));
         }
@@ -499,12 +503,13 @@ pub fn table(list: &[ServiceStatus]) -> String {
 /// `holden check [-c FILE]`: validates a configuration without running anything.
 pub fn check(args: Vec<String>) -> ExitCode {
     let mut file = None;
+    let mut json = false;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
             "-h" | "--help" => {
                 println!(
-                    "Usage: holden check [-c FILE]\n\nChecks a configuration (default: $HOLDEN_CONFIG, else ./holden.toml if there is one, else\n{}) and prints its services in start order. Errors name the file, line and column.\n\nExit status: 0 when valid, 1 when not, 2 on a usage error.",
+                    "Usage: holden check [-c FILE] [--json]\n\nChecks a configuration (default: $HOLDEN_CONFIG, else ./holden.toml if there is one, else\n{}) and prints its services in start order. Errors name the file, line and column. With\n--json, an object: file, ok, services and agents, or line, column and error.\n\nExit status: 0 when valid, 1 when not, 2 on a usage error.",
                     crate::up::DEFAULT_CONFIG
                 );
                 return ExitCode::SUCCESS;
@@ -514,6 +519,7 @@ pub fn check(args: Vec<String>) -> ExitCode {
                 file = Some(PathBuf::from(&args[i]));
             }
             a if a.starts_with("--config=") => file = Some(a["--config=".len()..].into()),
+            "--json" => json = true,
             a => {
                 eprintln!("holden check: unexpected argument {a:?} (see holden check --help)");
                 return ExitCode::from(2);
@@ -523,6 +529,21 @@ pub fn check(args: Vec<String>) -> ExitCode {
     }
     let file = crate::up::find_config(file.as_deref(), true).map(|c| c.0).unwrap_or_default();
     match holden_supervisor::load_config(&file) {
+        Ok(c) if json => {
+            let order = config::start_order(&c.services);
+            let agents: Vec<&String> = c.agents.keys().collect();
+            println!("{}", serde_json::json!({ "file": file, "ok": true, "services": order, "agents": agents }));
+            ExitCode::SUCCESS
+        }
+        Err(e) if json => {
+            let (line, column) = match &e {
+                holden_supervisor::Error::Config(c) => (Some(c.line), Some(c.column)),
+                _ => (None, None),
+            };
+            let v = serde_json::json!({ "file": file, "ok": false, "line": line, "column": column, "error": e.to_string() });
+            println!("{v}");
+            ExitCode::from(1)
+        }
         Ok(c) => {
             let order = config::start_order(&c.services);
             println!(

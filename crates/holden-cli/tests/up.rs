@@ -766,3 +766,46 @@ fn status_watch_prints_a_table_every_second_until_the_orchestrator_goes_away() {
     let out = watch.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn json_on_every_command_that_prints_data() {
+    let dir = Dir::new("json");
+    let agent = Agent::start(&dir, "agent");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sh\", \"-c\", \"echo one; exec sleep 1000\"]\n");
+    up.wait_state("s", "running");
+    let json = |out: std::process::Output| -> Vec<serde_json::Value> {
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
+    };
+    wait_until(
+        "a log line",
+        scaled(Duration::from_secs(5)),
+        || stdout(&up.cli(&["logs", "s"])).contains("one"),
+        String::new,
+    );
+    let lines = json(up.cli(&["logs", "--json", "s"]));
+    assert_eq!(
+        (&lines[0]["service"], &lines[0]["stream"], &lines[0]["text"]),
+        (&"s".into(), &"stdout".into(), &"one".into())
+    );
+    assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
+    let r = json(up.cli(&["reload", "--json"]));
+    assert_eq!(r[0], serde_json::json!({ "added": [], "removed": [], "changed": [] }));
+    let c = json(run_short(Command::new(HOLDEN).args(["check", "--json", "-c"]).arg(&up.config)));
+    assert_eq!((&c[0]["ok"], &c[0]["services"]), (&true.into(), &serde_json::json!(["s"])));
+    let bad = dir.path("bad.toml");
+    std::fs::write(&bad, "[services.a]\ncommand = []\n").unwrap();
+    let out = run_short(Command::new(HOLDEN).args(["check", "--json", "-c"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
+    assert_eq!((&v["ok"], &v["line"], &v["column"]), (&false.into(), &2.into(), &11.into()));
+    let agent_json = |cmd: &str| {
+        let out = run_short(Command::new(HOLDEN).args([cmd, "--json", "--agent"]).arg(&agent.socket));
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
+    };
+    assert!(agent_json("ping")["answered_us"].is_u64());
+    let info = agent_json("info");
+    assert!(info["version"].is_string() && info["features"]["clone_pidfd"].is_boolean(), "{info}");
+    up.stop(&dir, &[agent.pid()]);
+}

@@ -97,8 +97,18 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
         merged.drain(..merged.len().saturating_sub(keep));
     }
     let mut out = std::io::stdout().lock();
+    let render = |i: usize, name: &str, l: &str| -> String {
+        if !a.json {
+            return format!("{}{l}", label(i, name));
+        }
+        // `TIMESTAMP STREAM TEXT`, as the orchestrator writes it.
+        let mut parts = l.splitn(3, ' ');
+        let (time, stream, text) = (parts.next(), parts.next(), parts.next());
+        serde_json::json!({ "service": name, "time": time, "stream": stream, "text": text.unwrap_or_default() })
+            .to_string()
+    };
     for (l, i, name) in &merged {
-        if writeln!(out, "{}{l}", label(*i, name)).and_then(|_| out.flush()).is_err() {
+        if writeln!(out, "{}", render(*i, name, l)).and_then(|_| out.flush()).is_err() {
             return Ok(ExitCode::SUCCESS);
         }
     }
@@ -125,7 +135,7 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
     while let Ok(r) = rx.recv() {
         let (i, name, lines) = r?;
         for l in lines {
-            if writeln!(out, "{}{l}", label(i, &name)).and_then(|_| out.flush()).is_err() {
+            if writeln!(out, "{}", render(i, &name, &l)).and_then(|_| out.flush()).is_err() {
                 return Ok(ExitCode::SUCCESS);
             }
         }
