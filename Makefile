@@ -5,7 +5,8 @@
 #   make image   make static, then the image holden-agent (FROM scratch) with podman, else docker
 #   make image-demo  the same plus a static busybox as /bin/sh and the usual tools: the image
 #                holden-agent-demo, in which the README's examples run as written
-#   make install the release binaries, the systemd units and the example configuration under
+#   make install the release binaries, the man page, shell completions (bash, zsh, fish), the
+#                systemd units and the example configuration under
 #                $(DESTDIR)$(PREFIX) (PREFIX=/usr/local by default; units in
 #                $(PREFIX)/lib/systemd/system, their paths rewritten to $(PREFIX)/bin)
 #   make clean   removes bin/ and cargo's build output
@@ -40,6 +41,12 @@ install:
 		sed -i 's|/usr/bin/|$(PREFIX)/bin/|g' $(DESTDIR)$(UNITDIR)/$$(basename $$u) || exit 1; \
 	done
 	install -D -m 644 dist/holden.toml $(DESTDIR)$(PREFIX)/share/doc/holden/holden.toml.example
+	mkdir -p $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
+		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
+	target/release/holden man > $(DESTDIR)$(PREFIX)/share/man/man1/holden.1
+	target/release/holden completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/holden
+	target/release/holden completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_holden
+	target/release/holden completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/holden.fish
 
 # With --target, RUSTFLAGS reach only the target's code, not build scripts.
 static:

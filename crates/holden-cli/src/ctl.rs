@@ -17,24 +17,6 @@ use holden_orchestrator::config;
 use holden_orchestrator::control::{ControlError, ReloadReply, ServiceStatus, StateChange, INTERFACE};
 use serde_json::Value;
 
-const COMMON: &str = "\
-Options:
-  --control-socket PATH  the orchestrator's socket; else $HOLDEN_CONTROL_SOCKET, else the
-                         control_socket of -c FILE, else /run/holden/orchestrator.sock (root)
-                         or $XDG_RUNTIME_DIR/holden/orchestrator.sock
-  -c, --config FILE      read the control socket's path from this configuration
-  -h, --help             this text
-
-Environment:
-  HOLDEN_TIMEOUT         how long each call may take to connect, send and be answered, in
-                         seconds (default 5; 0.5 is half a second); once answered, `logs -f`
-                         and `events` follow for as long as they run
-
-Exit status: 0 on success; 1 when the orchestrator reports an error (no such service,
-permission denied, reload failed...); 2 on a usage error; 3 when no orchestrator answers, or
-none answers within the deadline.
-";
-
 const UNREACHABLE: u8 = 3;
 
 /// How long a call may take, unless `$HOLDEN_TIMEOUT` says otherwise.
@@ -54,23 +36,8 @@ fn timeout() -> Result<Duration, String> {
         .ok_or_else(|| format!("HOLDEN_TIMEOUT: {text:?} is not a number of seconds above 0"))
 }
 
-fn usage(cmd: &str) -> &'static str {
-    match cmd {
-        "status" => "Usage: holden status [--json] [-w|--watch] [NAME]...\n\nPrints every service (or those named): name, state, pid, uptime, restarts, last exit,\nagent, and MEM and CPU where services have cgroups. READY/HEALTH is healthy or unhealthy once\na health check has answered, else ready when the service is ready (its ready check passed, or\nit runs and has none), else -. A service held by a dependency shows what it waits for as its\nlast exit. With --json, a JSON array of objects with the keys name, state, wanted, pid (null\nwhen not running), since_ms, restarts, last_exit, last_error, agent, ready, health (unknown,\nhealthy or unhealthy), health_check and waiting (when held), and for a service with a cgroup\nmemory_bytes, cpu_usec, cpu_percent, oom_kills and pids. With --watch, again every second until\ninterrupted: in place on a terminal, else one timestamped table after another (for scripts\nand dumb terminals); it fails (exit 3) if the orchestrator goes away.\n",
-        "start" => "Usage: holden start NAME...\n\nAsks for services to be up; a failed or exited service starts afresh.\n",
-        "stop" => "Usage: holden stop NAME...\n\nAsks for services to be down: stop signal and SIGCONT, SIGKILL after stop_timeout.\nReturns at once; `holden events` shows the stop.\n",
-        "restart" => "Usage: holden restart NAME...\n\nStops services and starts them again (starts those that were not running).\n",
-        "kill" => "Usage: holden kill [-s SIGNAL] NAME\n\nSends SIGNAL (default SIGTERM; a name such as SIGHUP or HUP, or a number) to a running\nservice, or to its process group with kill_mode = \"group\". The restart policy then applies.\n",
-        "logs" => "Usage: holden logs [-f] [-n N] [--since WHEN] [--json] [NAME]...\n\nPrints the last N lines (default 10) of a service's captured log; with -f, then every new\nline until interrupted (and fails, exit 3, if the orchestrator goes away). With no name,\nevery service's, or with several, those services' lines interleaved by time, each prefixed\nwith its service's name (coloured on a terminal unless NO_COLOR is set); N counts them all.\n--since prints every line from then on (at most 10,000 per service): a duration ago (30s,\n10m, 2h, 1d) or a UTC time (2026-11-27T10:00, 2026-11-27T10:00:05Z). With --json, one JSON\nobject per line: service, time, stream, text.\n",
-        "top" => "Usage: holden top\n\nA live, full-screen view: the services (kept current from the orchestrator's events), and a\nlog pane following the selected service or every service. Keys: arrows or j/k select, s\nstart, x stop, r restart, K SIGKILL (asks first), l log pane (selected, every service,\noff), / filter by name, ? help, q quit. NO_COLOR turns colours off. Fails (exit 3) if the\norchestrator goes away.\n",
-        "events" => "Usage: holden events [--json]\n\nPrints every state change as it happens, until interrupted; fails (exit 3) if the\norchestrator goes away.\n",
-        "reload" => "Usage: holden reload [--json]\n\nReads the configuration again and applies it: added services start, removed ones stop,\nchanged ones restart with the new settings, unchanged ones are not touched. If the file does\nnot load, nothing changes and the error names file, line and column. With --json, an object\nwith the lists added, removed and changed.\n",
-        _ => "",
-    }
-}
-
 #[derive(Clone)]
-struct Args {
+pub(crate) struct Args {
     timeout: Duration,
     socket: Option<PathBuf>,
     config: Option<PathBuf>,
@@ -83,62 +50,31 @@ struct Args {
     names: Vec<String>,
 }
 
-fn parse(cmd: &str, args: Vec<String>) -> Result<Option<Args>, String> {
-    let mut a = Args {
-        timeout: DEFAULT_TIMEOUT,
-        socket: None,
-        config: None,
-        json: false,
-        watch: false,
-        follow: false,
-        lines: None,
-        since: None,
-        signal: None,
-        names: Vec::new(),
-    };
-    let mut i = 0;
-    while i < args.len() {
-        let arg = args[i].clone();
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) if f.starts_with("--") => (f.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let mut value = || -> Result<String, String> {
-            if let Some(v) = inline.clone() {
-                return Ok(v);
-            }
-            i += 1;
-            args.get(i).cloned().ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match (cmd, flag.as_str()) {
-            (_, "-h" | "--help") => return Ok(None),
-            (_, "--control-socket") => a.socket = Some(value()?.into()),
-            (_, "-c" | "--config") => a.config = Some(value()?.into()),
-            ("status" | "events" | "logs" | "reload", "--json") => a.json = true,
-            ("status", "-w" | "--watch") => a.watch = true,
-            ("logs", "-f" | "--follow") => a.follow = true,
-            ("logs", "-n" | "--lines") => {
-                let v = value()?;
-                a.lines = Some(v.parse().map_err(|_| format!("-n: {v:?} is not a line count"))?);
-            }
-            ("logs", "--since") => a.since = Some(logs::parse_since(&value()?)?),
-            ("kill", "-s" | "--signal") => a.signal = Some(config::parse_signal(&value()?)?),
-            (_, "--") => {
-                a.names.extend(args[i + 1..].iter().cloned());
-                break;
-            }
-            (_, f) if f.starts_with('-') && f.len() > 1 => return Err(format!("unknown option {f:?}")),
-            _ => a.names.push(arg),
-        }
-        i += 1;
-    }
-    a.timeout = timeout()?;
-    let n = a.names.len();
-    match cmd {
-        "start" | "stop" | "restart" if n == 0 => Err("name at least one service".into()),
-        "kill" if n != 1 => Err("name exactly one service".into()),
-        "events" | "reload" | "top" if n != 0 => Err(format!("{cmd} takes no names")),
-        _ => Ok(Some(a)),
+impl Args {
+    /// The options clap read, checked: the signal, `--since`, and `$HOLDEN_TIMEOUT`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        control: crate::cli::Control,
+        json: bool,
+        watch: bool,
+        follow: bool,
+        lines: Option<u32>,
+        since: Option<&str>,
+        signal: Option<&str>,
+        names: Vec<String>,
+    ) -> Result<Args, String> {
+        Ok(Args {
+            timeout: timeout()?,
+            socket: control.control_socket,
+            config: control.config,
+            json,
+            watch,
+            follow,
+            lines,
+            since: since.map(logs::parse_since).transpose()?,
+            signal: signal.map(config::parse_signal).transpose()?,
+            names,
+        })
     }
 }
 
@@ -263,13 +199,10 @@ fn field<T: serde::de::DeserializeOwned>(p: &Params, key: &str) -> Result<T, Fai
         .map_err(|e| Failure::Broken(format!("malformed reply ({key}): {e}")))
 }
 
-pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
-    let a = match parse(cmd, args) {
-        Ok(Some(a)) => a,
-        Ok(None) => {
-            print!("{}\n{COMMON}", usage(cmd));
-            return ExitCode::SUCCESS;
-        }
+/// Runs `holden CMD` with `a` (or reports why the options are wrong: exit 2).
+pub fn main(cmd: &str, a: Result<Args, String>) -> ExitCode {
+    let a = match a {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("holden {cmd}: {e} (see holden {cmd} --help)");
             return ExitCode::from(2);
@@ -500,33 +433,8 @@ pub fn table(list: &[ServiceStatus]) -> String {
     out
 }
 
-/// `holden check [-c FILE]`: validates a configuration without running anything.
-pub fn check(args: Vec<String>) -> ExitCode {
-    let mut file = None;
-    let mut json = false;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "-h" | "--help" => {
-                println!(
-                    "Usage: holden check [-c FILE] [--json]\n\nChecks a configuration (default: $HOLDEN_CONFIG, else ./holden.toml if there is one, else\n{}) and prints its services in start order. Errors name the file, line and column. With\n--json, an object: file, ok, services and agents, or line, column and error.\n\nExit status: 0 when valid, 1 when not, 2 on a usage error.",
-                    crate::up::DEFAULT_CONFIG
-                );
-                return ExitCode::SUCCESS;
-            }
-            "-c" | "--config" if i + 1 < args.len() => {
-                i += 1;
-                file = Some(PathBuf::from(&args[i]));
-            }
-            a if a.starts_with("--config=") => file = Some(a["--config=".len()..].into()),
-            "--json" => json = true,
-            a => {
-                eprintln!("holden check: unexpected argument {a:?} (see holden check --help)");
-                return ExitCode::from(2);
-            }
-        }
-        i += 1;
-    }
+/// `holden check [-c FILE] [--json]`: validates a configuration without running anything.
+pub fn check(file: Option<PathBuf>, json: bool) -> ExitCode {
     let file = crate::up::find_config(file.as_deref(), true).map(|c| c.0).unwrap_or_default();
     match holden_supervisor::load_config(&file) {
         Ok(c) if json => {

@@ -41,47 +41,8 @@ impl Drop for Demo {
     }
 }
 
-const HELP: &str = "\
-Usage: holden demo [--seconds N] [--agent]
-
-Starts an agent (in new pid, mount, uts, ipc and net namespaces when run as root) and the
-orchestrator (`holden up`) on a built-in configuration: one local service, two services
-spawned through the agent, one of which crashes every few seconds so that restarts and
-backoff show. A live status view runs for N seconds (default 20) or until Ctrl-C; then
-everything is stopped and the demo checks that no process is left.
-
---agent runs the shorter tour of the agent alone instead: namespaces, pipes, exit status,
-signals through the pidfd, and spawn timing.
-";
-
-pub fn main(args: Vec<String>) -> ExitCode {
-    let mut seconds = 20u64;
-    let mut agent_only = false;
-    let mut i = 0;
-    while i < args.len() {
-        match args[i].as_str() {
-            "-h" | "--help" => {
-                print!("{HELP}");
-                return ExitCode::SUCCESS;
-            }
-            "--agent" => agent_only = true,
-            "--seconds" if i + 1 < args.len() => {
-                i += 1;
-                match args[i].parse() {
-                    Ok(n) if n > 0 && n <= 3600 => seconds = n,
-                    _ => {
-                        eprintln!("holden demo: --seconds: {:?} is not 1 to 3600", args[i]);
-                        return ExitCode::from(2);
-                    }
-                }
-            }
-            a => {
-                eprintln!("holden demo: unexpected argument {a:?} (see holden demo --help)");
-                return ExitCode::from(2);
-            }
-        }
-        i += 1;
-    }
+/// Runs the demonstration for `seconds`, or the agent's tour with `agent_only`.
+pub fn main(seconds: u64, agent_only: bool) -> ExitCode {
     let result = if agent_only { run() } else { crate::demo_up::run(Duration::from_secs(seconds)) };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -6,20 +6,6 @@ use std::process::ExitCode;
 
 use holden_sys::event::{Epoll, Event, SignalFd, READABLE};
 
-const HELP: &str = "\
-Usage: holden exec [--agent PATH] [--env KEY=VALUE]... [--cwd DIR] [--] COMMAND [ARGS]...
-
-Runs COMMAND through the agent, so it lives in the agent's namespaces, cgroup and security
-context, with this process's own stdin, stdout and stderr (no relay). SIGINT, SIGTERM, SIGHUP
-and SIGQUIT are forwarded to it through its pidfd.
-
-Exit status (as podman exec and docker exec):
-  the command's own exit code, or 128 + N if signal N killed it
-  125  holden exec itself failed: agent unreachable, permission denied, bad arguments
-  126  the command was found but could not be run (not executable, bad --cwd, ...)
-  127  the command was not found
-";
-
 /// Exit codes of `holden exec` itself.
 const FAILED: u8 = 125;
 const CANNOT_RUN: u8 = 126;
@@ -32,68 +18,18 @@ struct Args {
     argv: Vec<String>,
 }
 
-enum Parsed {
-    Run(Args),
-    Help,
-}
-
-fn parse(args: Vec<String>) -> Result<Parsed, String> {
-    let mut a = Args { agent: None, env: Vec::new(), cwd: None, argv: Vec::new() };
-    let mut i = 0;
-    while i < args.len() {
-        if let Some(p) = crate::agent_flag(&args, &mut i)? {
-            a.agent = Some(p);
-            i += 1;
-            continue;
-        }
-        let arg = &args[i];
-        let mut value = |flag: &str| -> Result<String, String> {
-            if let Some(v) = arg.strip_prefix(&format!("{flag}=")) {
-                return Ok(v.to_owned());
-            }
-            i += 1;
-            args.get(i).cloned().ok_or_else(|| format!("{flag} needs a value"))
-        };
-        match arg.as_str() {
-            "-h" | "--help" => return Ok(Parsed::Help),
-            "--" => {
-                a.argv = args[i + 1..].to_vec();
-                break;
-            }
-            s if s == "--env" || s.starts_with("--env=") || s == "-e" => {
-                let kv = value(if s == "-e" { "-e" } else { "--env" })?;
-                match kv.split_once('=') {
-                    Some((k, v)) if !k.is_empty() => a.env.push((k.into(), v.into())),
-                    _ => return Err(format!("--env: {kv:?} is not KEY=VALUE")),
-                }
-            }
-            s if s == "--cwd" || s.starts_with("--cwd=") => a.cwd = Some(value("--cwd")?),
-            s if s.starts_with('-') => return Err(format!("unknown option {s:?} (put the command after --)")),
+/// Runs `holden exec` with the options clap read (a usage error exits 125, as podman's).
+pub fn main(agent: Option<PathBuf>, env: Vec<String>, cwd: Option<String>, argv: Vec<String>) -> ExitCode {
+    let mut a = Args { agent, env: Vec::new(), cwd, argv };
+    for kv in env {
+        match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => a.env.push((k.into(), v.into())),
             _ => {
-                a.argv = args[i..].to_vec();
-                break;
+                eprintln!("holden exec: --env: {kv:?} is not KEY=VALUE");
+                return ExitCode::from(FAILED);
             }
         }
-        i += 1;
     }
-    if a.argv.is_empty() {
-        return Err("no command given".into());
-    }
-    Ok(Parsed::Run(a))
-}
-
-pub fn main(args: Vec<String>) -> ExitCode {
-    let a = match parse(args) {
-        Ok(Parsed::Run(a)) => a,
-        Ok(Parsed::Help) => {
-            print!("{HELP}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("holden exec: {e}");
-            return ExitCode::from(FAILED);
-        }
-    };
     match run(a) {
         Ok(code) => ExitCode::from(code),
         Err((code, msg)) => {
@@ -147,38 +83,5 @@ fn run(a: Args) -> Result<u8, (u8, String)> {
             let status = child.wait().map_err(|e| (FAILED, e.to_string()))?;
             return Ok(status.shell_code().clamp(0, 255) as u8);
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn argv(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-
-    #[test]
-    fn parses_options_then_command() {
-        let Parsed::Run(a) =
-            parse(argv(&["--agent", "/s", "--env", "A=1", "-e", "B=2", "--cwd=/tmp", "--", "ls", "-l"])).unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(a.agent, Some(PathBuf::from("/s")));
-        assert_eq!(a.env, vec![("A".into(), "1".into()), ("B".into(), "2".into())]);
-        assert_eq!(a.cwd.as_deref(), Some("/tmp"));
-        assert_eq!(a.argv, argv(&["ls", "-l"]));
-        let Parsed::Run(a) = parse(argv(&["echo", "--env", "x"])).unwrap() else { panic!() };
-        assert_eq!(a.argv, argv(&["echo", "--env", "x"]), "options end at the command");
-    }
-
-    #[test]
-    fn rejects_bad_usage() {
-        assert!(parse(argv(&[])).is_err());
-        assert!(parse(argv(&["--"])).is_err());
-        assert!(parse(argv(&["--env", "NOEQUALS", "ls"])).is_err());
-        assert!(parse(argv(&["--bogus", "ls"])).is_err());
-        assert!(parse(argv(&["--agent"])).is_err());
     }
 }

@@ -13,70 +13,17 @@ impl std::fmt::Display for SplitError {
     }
 }
 
-/// Splits `line` into words the way a POSIX shell does before expansion: blanks separate words,
-/// single quotes keep everything literal, double quotes keep blanks and honour `\"`, `\\`, `\$`
-/// and `` \` ``, and a backslash outside quotes escapes the next character. There is no
-/// expansion of variables, globs or tildes.
+/// Splits `line` into words the way a POSIX shell does before expansion (the `shell-words`
+/// crate): blanks separate words, single quotes keep everything literal, double quotes keep
+/// blanks and honour backslash escapes, and a backslash outside quotes escapes the next
+/// character. There is no expansion of variables, globs or tildes.
 pub fn split_words(line: &str) -> Result<Vec<String>, SplitError> {
-    let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            ' ' | '\t' | '\n' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
-            '\'' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('\'') => break,
-                        Some(c) => word.push(c),
-                        None => return Err(SplitError("unterminated single quote".into())),
-                    }
-                }
-            }
-            '"' => {
-                in_word = true;
-                loop {
-                    match chars.next() {
-                        Some('"') => break,
-                        Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
-                            Some('\n') => {}
-                            Some(c) => {
-                                word.push('\\');
-                                word.push(c);
-                            }
-                            None => return Err(SplitError("unterminated double quote".into())),
-                        },
-                        Some(c) => word.push(c),
-                        None => return Err(SplitError("unterminated double quote".into())),
-                    }
-                }
-            }
-            '\\' => {
-                in_word = true;
-                match chars.next() {
-                    Some('\n') => {}
-                    Some(c) => word.push(c),
-                    None => return Err(SplitError("a backslash ends the line".into())),
-                }
-            }
-            c => {
-                in_word = true;
-                word.push(c);
-            }
-        }
+    // A backslash that ends the line would continue it in a shell: here there is no next line.
+    let trailing = line.trim_end_matches(['\n', ' ', '\t']).chars().rev().take_while(|c| *c == '\\').count();
+    if trailing % 2 == 1 {
+        return Err(SplitError("a backslash ends the line".into()));
     }
-    if in_word {
-        words.push(word);
-    }
-    Ok(words)
+    shell_words::split(line).map_err(|e| SplitError(e.to_string()))
 }
 
 pub use holden_supervisor::procfs::{children_of, env_value, is_running, processes_with_env, stat_fields};

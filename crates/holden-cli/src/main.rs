@@ -1,7 +1,9 @@
-//! `holden`: the command-line front of Holden. One file per subcommand; this one only
+//! `holden`: the command-line front of Holden. One file per subcommand; the command line itself
+//! is `cli.rs` (clap), which the build script also reads to write the man page; this file only
 //! dispatches.
 #![forbid(unsafe_code)]
 
+mod cli;
 mod ctl;
 mod demo;
 mod demo_up;
@@ -11,97 +13,139 @@ mod up;
 
 use std::process::ExitCode;
 
-const HELP: &str = "\
-holden: process lifecycles across container boundaries, through pidfds
+use clap::{CommandFactory, Parser};
 
-Usage: holden <COMMAND> [ARGS]
+use cli::{Cli, Cmd};
 
-Commands:
-  demo     run a demonstration (about 20 seconds): an agent in its own namespaces and the
-           orchestrator supervising services through it, with a live status view
-  up       run the supervisor in the foreground       [-c FILE]
-  status   list services and their state              [--json] [--watch] [NAME]...
-  top      a live, full-screen view with logs; keys: s x r K l / ? q
-  start    start services                             NAME...
-  stop     stop services                              NAME...
-  restart  restart services                           NAME...
-  kill     signal a service                           [-s SIGNAL] NAME
-  logs     print captured logs, of all by default     [-f] [-n N] [--since WHEN] [NAME]...
-  events   print state changes as they happen         [--json]
-  reload   apply the configuration file again
-  check    validate a configuration file              [-c FILE]
-  exec     run a command through an agent, like `podman exec` (see `holden exec --help`)
-  ping     check that an agent answers                [--agent PATH]
-  info     print an agent's version and kernel features   [--agent PATH]
-  agent    run an agent (the same program as holden-agent; see `holden agent --help`)
-
-Each command has --help. The agent socket is --agent PATH, else $HOLDEN_SOCKET_PATH, else
-/run/holden/agent.sock. The orchestrator's control socket is --control-socket PATH, else
-$HOLDEN_CONTROL_SOCKET, else the configuration's (-c FILE, else $HOLDEN_CONFIG, else
-./holden.toml, else /etc/holden/holden.toml), else /run/holden/orchestrator.sock (root) or
-$XDG_RUNTIME_DIR/holden/orchestrator.sock.
-
-Exit status: 0 on success, 1 when the command failed, 2 on a usage error, 3 when the
-orchestrator does not answer or goes away (status, top, start, stop, restart, kill, logs,
-events, reload);
-`holden exec` exits with the command's own status (see `holden exec --help`).
-";
+/// The man page, written by the build script from `cli.rs`.
+const MAN_PAGE: &str = include_str!(concat!(env!("OUT_DIR"), "/holden.1"));
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
-    let Some(cmd) = args.next() else {
-        eprint!("{HELP}");
-        return ExitCode::from(2);
-    };
-    let rest: Vec<String> = args.collect();
-    match cmd.as_str() {
-        "demo" => demo::main(rest),
-        "exec" => exec::main(rest),
-        "up" => up::main(rest),
-        "check" => ctl::check(rest),
-        "status" | "start" | "stop" | "restart" | "kill" | "logs" | "events" | "reload" | "top" => {
-            ctl::main(&cmd, rest)
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // `holden agent ARGS`: the agent's own parser, untouched (the agent stays small).
+    if args.get(1).is_some_and(|a| a == "agent") {
+        return holden_agent::main_with_args(args[2..].iter().map(|a| a.to_string_lossy().into_owned()));
+    }
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            // Help and version are answers; a usage error is 2, and 125 for `holden exec`,
+            // whose own codes follow podman exec's.
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ if args.get(1).is_some_and(|a| a == "exec") => ExitCode::from(125),
+                _ => ExitCode::from(2),
+            };
         }
-        "ping" | "info" => query::main(&cmd, rest),
-        "agent" => holden_agent::main_with_args(rest),
-        // The log-pipe holder `holden up` starts for itself (not for direct use).
-        "fdholder" => match rest.as_slice() {
-            [socket] => match holden_supervisor::holder::serve(std::path::Path::new(socket)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("holden fdholder: {e}");
-                    ExitCode::from(1)
-                }
-            },
-            _ => {
-                eprintln!("holden fdholder: usage: holden fdholder SOCKET (started by holden up)");
-                ExitCode::from(2)
+    };
+    match cli.command {
+        Cmd::Demo { seconds, agent } => demo::main(seconds, agent),
+        Cmd::Up { config, control_socket, socket_mode, allow_uid, allow_gid } => {
+            up::main(config, control_socket, &socket_mode, allow_uid, allow_gid)
+        }
+        Cmd::Check { config, json } => ctl::check(config, json),
+        Cmd::Status { json, watch, names, control } => {
+            ctl::main("status", ctl::Args::new(control, json, watch, false, None, None, None, names))
+        }
+        Cmd::Top { control } => {
+            ctl::main("top", ctl::Args::new(control, false, false, false, None, None, None, vec![]))
+        }
+        Cmd::Start { names, control } => {
+            ctl::main("start", ctl::Args::new(control, false, false, false, None, None, None, names))
+        }
+        Cmd::Stop { names, control } => {
+            ctl::main("stop", ctl::Args::new(control, false, false, false, None, None, None, names))
+        }
+        Cmd::Restart { names, control } => {
+            ctl::main("restart", ctl::Args::new(control, false, false, false, None, None, None, names))
+        }
+        Cmd::Kill { signal, name, control } => {
+            ctl::main("kill", ctl::Args::new(control, false, false, false, None, None, Some(&signal), vec![name]))
+        }
+        Cmd::Logs { follow, lines, since, json, names, control } => {
+            ctl::main("logs", ctl::Args::new(control, json, false, follow, lines, since.as_deref(), None, names))
+        }
+        Cmd::Events { json, control } => {
+            ctl::main("events", ctl::Args::new(control, json, false, false, None, None, None, vec![]))
+        }
+        Cmd::Reload { json, control } => {
+            ctl::main("reload", ctl::Args::new(control, json, false, false, None, None, None, vec![]))
+        }
+        Cmd::Exec { agent, env, cwd, command } => exec::main(agent, env, cwd, command),
+        Cmd::Ping { agent, json } => query::main("ping", agent.agent, json),
+        Cmd::Info { agent, json } => query::main("info", agent.agent, json),
+        Cmd::Agent { .. } => unreachable!("dispatched before clap"),
+        Cmd::Completions { shell } => {
+            let shell = match shell {
+                cli::Shell::Bash => clap_complete::Shell::Bash,
+                cli::Shell::Zsh => clap_complete::Shell::Zsh,
+                cli::Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "holden", &mut script);
+            print_all(&script)
+        }
+        Cmd::Man => print_all(MAN_PAGE.as_bytes()),
+        Cmd::Fdholder { socket } => match holden_supervisor::holder::serve(&socket) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("holden fdholder: {e}");
+                ExitCode::from(1)
             }
         },
-        "-h" | "--help" | "help" => {
-            print!("{HELP}");
-            ExitCode::SUCCESS
-        }
-        "-V" | "--version" => {
-            println!("holden {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
-        }
-        other => {
-            eprintln!("holden: unknown command {other:?} (see holden --help)");
-            ExitCode::from(2)
-        }
     }
 }
 
-/// Reads `--agent PATH` / `--agent=PATH` at `args[*i]`, advancing `i`.
-pub(crate) fn agent_flag(args: &[String], i: &mut usize) -> Result<Option<std::path::PathBuf>, String> {
-    let a = &args[*i];
-    if let Some(v) = a.strip_prefix("--agent=") {
-        return Ok(Some(v.into()));
+/// Writes `text` to stdout; a reader that went away (`| head`) is not an error.
+fn print_all(text: &[u8]) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text).and_then(|()| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            eprintln!("holden: write: {e}");
+            ExitCode::from(1)
+        }
+        _ => ExitCode::SUCCESS,
     }
-    if a == "--agent" {
-        *i += 1;
-        return args.get(*i).map(|v| Some(v.into())).ok_or_else(|| "--agent needs a path".to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("holden").chain(args.iter().copied()))
     }
-    Ok(None)
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn exec_options_end_at_the_command() {
+        let Cmd::Exec { agent, env, cwd, command } =
+            parse(&["exec", "--agent", "/s", "--env", "A=1", "-e", "B=2", "--cwd=/tmp", "--", "ls", "-l"])
+                .unwrap()
+                .command
+        else {
+            panic!()
+        };
+        assert_eq!((agent, env, cwd), (Some("/s".into()), vec!["A=1".to_string(), "B=2".into()], Some("/tmp".into())));
+        assert_eq!(command, ["ls", "-l"]);
+        let Cmd::Exec { command, .. } = parse(&["exec", "echo", "--env", "x"]).unwrap().command else { panic!() };
+        assert_eq!(command, ["echo", "--env", "x"], "options end at the command");
+        for bad in [&["exec"][..], &["exec", "--"], &["exec", "--bogus", "ls"], &["exec", "--agent"]] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn typos_get_suggestions() {
+        let e = parse(&["stauts"]).unwrap_err().to_string();
+        assert!(e.contains("status"), "{e}");
+        let e = parse(&["logs", "--folow"]).unwrap_err().to_string();
+        assert!(e.contains("--follow"), "{e}");
+    }
 }

@@ -2,29 +2,8 @@
 
 use std::process::ExitCode;
 
-pub fn main(cmd: &str, args: Vec<String>) -> ExitCode {
-    let mut path = None;
-    let mut json = false;
-    let mut i = 0;
-    while i < args.len() {
-        match crate::agent_flag(&args, &mut i) {
-            Ok(Some(p)) => path = Some(p),
-            Ok(None) if args[i] == "-h" || args[i] == "--help" => {
-                println!("Usage: holden {cmd} [--agent PATH] [--json]");
-                return ExitCode::SUCCESS;
-            }
-            Ok(None) if args[i] == "--json" => json = true,
-            Ok(None) => {
-                eprintln!("holden {cmd}: unknown argument {:?}", args[i]);
-                return ExitCode::from(2);
-            }
-            Err(e) => {
-                eprintln!("holden {cmd}: {e}");
-                return ExitCode::from(2);
-            }
-        }
-        i += 1;
-    }
+/// `holden ping` or `holden info` on the agent at `path` (else the default).
+pub fn main(cmd: &str, path: Option<std::path::PathBuf>, json: bool) -> ExitCode {
     let path = path.unwrap_or_else(holden::Agent::default_path);
     let result = holden::Agent::connect(&path).and_then(|mut agent| {
         if cmd == "ping" {

@@ -209,3 +209,49 @@ fn pidfd_monitor_reports_an_unreachable_agent_and_a_bad_command() {
     assert_eq!(out.status.code(), Some(2));
     assert_no_children(&agent);
 }
+
+#[test]
+fn help_completions_man_page_and_typos() {
+    let run = |args: &[&str]| Command::new(HOLDEN).args(args).output().unwrap();
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for cmd in [
+        "demo",
+        "up",
+        "status",
+        "top",
+        "start",
+        "stop",
+        "restart",
+        "kill",
+        "logs",
+        "events",
+        "reload",
+        "check",
+        "exec",
+        "ping",
+        "info",
+        "agent",
+        "completions",
+    ] {
+        assert!(text.contains(&format!("  {cmd} ")), "holden --help lists {cmd}:\n{text}");
+    }
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("holden") && script.contains("status"), "{shell}");
+    }
+    let man = run(&["man"]);
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") && page.contains(".TH holden 1") && page.contains("status"), "{page}");
+    // A typo: a usage error (2) that suggests what was meant.
+    let out = run(&["stauts"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'status'"));
+    let out = run(&["logs", "--folow"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow"));
+    // The agent keeps its own small parser.
+    let out = run(&["agent", "--help"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--socket"));
+}

@@ -268,23 +268,34 @@ struct RawStartLimit {
     interval: Option<Spanned<String>>,
 }
 
-/// Parses a duration: a number with `ms`, `s` or `m` (`100ms`, `1.5s`, `2m`).
+/// Parses a duration: a number with `ms`, `s` or `m` (`100ms`, `1.5s`, `2m`), or what the
+/// `humantime` crate reads (`1h`, `1m30s`, `2h 30m`, `1day`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
-        (n, 0.001)
-    } else if let Some(n) = s.strip_suffix('s') {
-        (n, 1.0)
-    } else if let Some(n) = s.strip_suffix('m') {
-        (n, 60.0)
-    } else {
-        return Err(format!("duration {s:?} needs a unit: ms, s or m"));
+    let simple = || -> Result<Duration, String> {
+        let (num, scale) = if let Some(n) = s.strip_suffix("ms") {
+            (n, 0.001)
+        } else if let Some(n) = s.strip_suffix('s') {
+            (n, 1.0)
+        } else if let Some(n) = s.strip_suffix('m') {
+            (n, 60.0)
+        } else {
+            return Err(format!("duration {s:?} needs a unit: ms, s, m or h (1m30s and 2h work too)"));
+        };
+        let v: f64 = num
+            .trim()
+            .parse()
+            .map_err(|_| format!("duration {s:?} is not a number with a unit (100ms, 1.5s, 1m30s, 2h)"))?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(format!("duration {s:?} is out of range"));
+        }
+        Ok(Duration::from_secs_f64(v * scale))
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("duration {s:?} is not a number with ms, s or m"))?;
-    if !v.is_finite() || v < 0.0 || v * scale > 1e9 {
+    let d = simple().or_else(|e| humantime::parse_duration(s).map_err(|_| e))?;
+    if d > Duration::from_secs(1_000_000_000) {
         return Err(format!("duration {s:?} is out of range"));
     }
-    Ok(Duration::from_secs_f64(v * scale))
+    Ok(d)
 }
 
 /// Parses a signal given as `SIGTERM`, `TERM`, `SIGRTMIN+3` or a number from 1 to 64 (the one

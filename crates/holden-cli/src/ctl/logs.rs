@@ -91,7 +91,9 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
     if let Some(since) = &a.since {
         merged.retain(|(l, ..)| l.as_str() >= since.as_str());
     }
-    merged.sort_by(|x, y| x.0.cmp(&y.0));
+    // By time only, stably: lines of one service keep their order within a millisecond.
+    let time = |l: &str| l.split(' ').next().unwrap_or_default().to_owned();
+    merged.sort_by_cached_key(|(l, ..)| time(l));
     if a.since.is_none() {
         let keep = a.lines.unwrap_or(10) as usize;
         merged.drain(..merged.len().saturating_sub(keep));

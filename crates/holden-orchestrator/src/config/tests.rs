@@ -81,7 +81,11 @@ fn durations_and_signals() {
     assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
     assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
     assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-    assert!(parse_duration("-1s").is_err() && parse_duration("s").is_err() && parse_duration("1h").is_err());
+    assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+    assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("2h 30m"), Ok(Duration::from_secs(9000)));
+    assert!(parse_duration("-1s").is_err() && parse_duration("s").is_err() && parse_duration("5").is_err());
+    assert!(parse_duration("99999999999h").is_err());
     assert_eq!((parse_signal("SIGTERM"), parse_signal("HUP"), parse_signal("9")), (Ok(15), Ok(1), Ok(9)));
     assert!(parse_signal("0").is_err() && parse_signal("SIGFOO").is_err());
 }
