@@ -48,9 +48,20 @@ pub(crate) struct Args {
     since: Option<String>,
     signal: Option<i32>,
     names: Vec<String>,
+    /// `--color`: `auto` (a terminal, and no `NO_COLOR`), `always` or `never`.
+    pub(crate) color: crate::cli::Color,
 }
 
 impl Args {
+    /// Whether to colour output going to a terminal (`tty`) or not.
+    pub(crate) fn colour(&self, tty: bool) -> bool {
+        match self.color {
+            crate::cli::Color::Always => true,
+            crate::cli::Color::Never => false,
+            crate::cli::Color::Auto => tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        }
+    }
+
     /// The options clap read, checked: the signal, `--since`, and `$HOLDEN_TIMEOUT`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
@@ -74,6 +85,7 @@ impl Args {
             since: since.map(logs::parse_since).transpose()?,
             signal: signal.map(config::parse_signal).transpose()?,
             names,
+            color: control.color,
         })
     }
 }
@@ -249,13 +261,18 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
                 let mut out = std::io::stdout().lock();
                 let text = if a.json {
                     serde_json::to_string_pretty(&list).expect("plain structs") + "\n"
-                } else if a.watch && tty {
-                    // Home, the table, then clear what an older, longer one left.
-                    format!("\x1b[H{}\x1b[J", table(&list).replace('\n', "\x1b[K\n"))
-                } else if a.watch {
-                    format!("{}\n{}", holden_cli::timestamp(std::time::SystemTime::now()), table(&list))
                 } else {
-                    table(&list)
+                    let fit =
+                        if tty { ratatui::crossterm::terminal::size().ok().map(|(w, _)| w as usize) } else { None };
+                    let t = table_for(&list, fit, a.colour(tty));
+                    if a.watch && tty {
+                        // Home, the table, then clear what an older, longer one left.
+                        format!("\x1b[H{}\x1b[J", t.replace('\n', "\x1b[K\n"))
+                    } else if a.watch {
+                        format!("{}\n{t}", holden_cli::timestamp(std::time::SystemTime::now()))
+                    } else {
+                        t
+                    }
                 };
                 if out.write_all(text.as_bytes()).and_then(|_| out.flush()).is_err() || !a.watch {
                     break;
@@ -396,6 +413,12 @@ pub(crate) fn table_row(s: &ServiceStatus) -> Vec<String> {
 
 /// The status table.
 pub fn table(list: &[ServiceStatus]) -> String {
+    table_for(list, None, false)
+}
+
+/// The status table, at most `fit` columns wide (the LAST EXIT column is cut with an ellipsis
+/// to fit), the states coloured with `colour`.
+pub(crate) fn table_for(list: &[ServiceStatus], fit: Option<usize>, colour: bool) -> String {
     let rows: Vec<Vec<String>> = list.iter().map(table_row).collect();
     let mut head =
         vec!["NAME", "STATE", "READY/HEALTH", "PID", "UPTIME", "RESTARTS", "LAST EXIT", "AGENT", "MEM", "CPU"];
@@ -413,22 +436,47 @@ pub fn table(list: &[ServiceStatus]) -> String {
             *w = (*w).max(c.chars().count());
         }
     }
+    // Too wide for the terminal: LAST EXIT (errors are long) gives way, down to its title.
+    const LAST: usize = 6;
+    if let Some(fit) = fit {
+        let total: usize = width.iter().sum::<usize>() + 2 * (width.len() - 1);
+        if total > fit {
+            width[LAST] = width[LAST].saturating_sub(total - fit).max(head[LAST].len());
+            for r in &mut rows {
+                if r[LAST].chars().count() > width[LAST] {
+                    r[LAST] = r[LAST].chars().take(width[LAST] - 1).collect::<String>() + "…";
+                }
+            }
+        }
+    }
+    let paint = |i: usize, c: &str| -> Option<&'static str> {
+        if !colour {
+            return None;
+        }
+        match (i, c.split(' ').next().unwrap_or_default()) {
+            (1, "running") | (2, "healthy") => Some("32"),
+            (1, "failed") | (2, "unhealthy") => Some("31"),
+            (1, "starting" | "stopping" | "backing-off") => Some("33"),
+            _ => None,
+        }
+    };
     let mut out = String::new();
-    let mut line = |cells: Vec<&str>| {
+    let mut line = |cells: Vec<&str>, body: bool| {
         let mut l = String::new();
         for (i, (c, w)) in cells.iter().zip(&width).enumerate() {
-            if i + 1 == cells.len() {
-                l += c;
-            } else {
-                l += &format!("{c:<w$}  ");
+            let pad =
+                if i + 1 == cells.len() { String::new() } else { " ".repeat(w + 2 - c.chars().count().min(w + 2)) };
+            match paint(i, c).filter(|_| body) {
+                Some(code) => l += &format!("\x1b[{code}m{c}\x1b[0m{pad}"),
+                None => l += &format!("{c}{pad}"),
             }
         }
         out += l.trim_end();
         out += "\n";
     };
-    line(head.to_vec());
+    line(head.to_vec(), false);
     for r in &rows {
-        line(r.iter().map(String::as_str).collect());
+        line(r.iter().map(String::as_str).collect(), true);
     }
     out
 }
@@ -467,5 +515,41 @@ pub fn check(file: Option<PathBuf>, json: bool) -> ExitCode {
             eprintln!("{e}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, state: &str, error: Option<&str>) -> ServiceStatus {
+        ServiceStatus {
+            name: name.into(),
+            state: state.into(),
+            wanted: "up".into(),
+            restarts: 5,
+            last_error: error.map(str::to_owned),
+            health: "unknown".into(),
+            ..ServiceStatus::default()
+        }
+    }
+
+    #[test]
+    fn the_table_fits_the_terminal_and_colours_states() {
+        let long = "start limit reached: 5 starts in 60s; last error: exec: No such file or directory";
+        let list = [svc("web", "failed", Some(long)), svc("db", "running", None)];
+        let wide = table_for(&list, None, false);
+        assert!(wide.contains(long), "{wide}");
+        let narrow = table_for(&list, Some(80), false);
+        assert!(narrow.lines().all(|l| l.chars().count() <= 80), "{narrow}");
+        assert!(narrow.contains("start limit reache…") && !narrow.contains(long), "{narrow}");
+        let coloured = table_for(&list, Some(80), true);
+        assert!(
+            coloured.contains("\x1b[31mfailed\x1b[0m") && coloured.contains("\x1b[32mrunning\x1b[0m"),
+            "{coloured}"
+        );
+        // Colours do not move the columns.
+        let strip = |s: &str| s.replace("\x1b[31m", "").replace("\x1b[32m", "").replace("\x1b[0m", "");
+        assert_eq!(strip(&coloured), narrow);
     }
 }

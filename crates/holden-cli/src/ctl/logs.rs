@@ -58,7 +58,7 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
     // One service named, as it always was: its lines as they are.
     let prefixed = a.names.len() != 1;
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
-    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let colour = a.colour(std::io::stdout().is_terminal());
     let label = |i: usize, name: &str| -> String {
         if !prefixed {
             return String::new();

@@ -115,7 +115,7 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
         log: Vec::new(),
         log_gen: Arc::new(AtomicU64::new(0)),
         status: format!("{socket} | ? help, q quit"),
-        colour: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        colour: a.colour(true),
     };
     apply_list(&mut app, list);
     app.state.select(Some(0));
