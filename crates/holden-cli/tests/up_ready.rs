@@ -231,6 +231,12 @@ depends_on = { bad = "completed" }
     // Stopped while held: it gives up its start.
     assert!(up.cli(&["stop", "stuck"]).status.success());
     up.wait_state("stuck", "stopped");
+    // A restart of app does not run its completed oneshot again.
+    let init_runs = events(&up.output(), "init: running").len();
+    assert!(up.cli(&["restart", "app"]).status.success());
+    up.wait_for("app", "restarted", |s| s["state"] == "running" && s["restarts"] == 1);
+    assert_eq!(events(&up.output(), "init: running").len(), init_runs, "{}", up.output());
+    assert_eq!(up.service("init")["state"], "exited");
     up.stop(&dir, &[]);
 }
 
@@ -432,4 +438,66 @@ ready = {{ notify = "systemd" }}
     up.wait_for("remote", "ready", |s| s["ready"] == true);
     up.stop(&dir, &[agent.pid()]);
     assert!(!std::path::Path::new(&remote_target).exists(), "the socket file is removed with the service");
+}
+
+#[test]
+fn regression_restart_true_dependents_are_not_restarted_by_an_adoption() {
+    let dir = Dir::new("ready-adopt-restart");
+    // "app" is adopted before "zdb" (name order): zdb is not up yet when app is looked at.
+    let services = r#"
+[services.app]
+command = ["sleep", "1014"]
+depends_on = { zdb = { condition = "ready", restart = true } }
+
+[services.zdb]
+command = ["sh", "-c", "echo >&3; exec sleep 1015"]
+ready = { notify = "fd" }
+"#;
+    let up = Up::start(&dir, services);
+    let app = up.wait_state("app", "running")["pid"].clone();
+    up.wait_for("zdb", "ready", |s| s["ready"] == true);
+    up.crash();
+    let up = Up::start(&dir, services);
+    wait_until(
+        "adoption",
+        scaled(Duration::from_secs(5)),
+        || up.output().contains("zdb: adopting pid"),
+        || up.output(),
+    );
+    up.wait_for("zdb", "ready", |s| s["ready"] == true);
+    std::thread::sleep(scaled(Duration::from_millis(300)));
+    let now = up.service("app");
+    assert_eq!((&now["pid"], &now["state"]), (&app, &"running".into()), "app was restarted: {}", up.output());
+    assert!(!up.output().contains("app: restarting"), "{}", up.output());
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_a_readiness_pipe_outlives_an_orchestrator_crash() {
+    let dir = Dir::new("ready-fd-crash");
+    let flag = dir.path("go");
+    let services = format!(
+        r#"
+[services.db]
+command = ["sh", "-c", "while [ ! -e {f} ]; do sleep 0.02; done; echo >&3; exec sleep 1016"]
+ready = {{ notify = "fd" }}
+
+[services.web]
+command = ["sleep", "1017"]
+depends_on = {{ db = "ready" }}
+"#,
+        f = flag.display()
+    );
+    let up = Up::start(&dir, &services);
+    let db = up.wait_state("db", "running")["pid"].clone();
+    up.crash();
+    // The newline comes while no orchestrator runs: it used to meet no reader (SIGPIPE), and
+    // db died; the fd holder keeps the pipe's read end as it keeps the log pipes.
+    std::fs::write(&flag, "").unwrap();
+    std::thread::sleep(scaled(Duration::from_millis(200)));
+    let up = Up::start(&dir, &services);
+    let now = up.wait_for("db", "ready", |s| s["ready"] == true);
+    assert_eq!(now["pid"], db, "db survived and was adopted: {}", up.output());
+    up.wait_state("web", "running");
+    up.stop(&dir, &[]);
 }

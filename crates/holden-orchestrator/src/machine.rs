@@ -210,6 +210,9 @@ pub struct Service {
     starts: VecDeque<Instant>,
     /// The spawn in flight counted as a restart (taken back if an unreachable agent fails it).
     counted: bool,
+    /// When the current (or last) run began: how long it ran decides the backoff's reset, also
+    /// when it ends after a stop for a failed check.
+    run_started: Instant,
     started_once: bool,
 }
 
@@ -232,6 +235,7 @@ impl Service {
             failed_check: false,
             starts: VecDeque::new(),
             counted: false,
+            run_started: now,
             started_once: false,
         }
     }
@@ -252,6 +256,7 @@ impl Service {
     /// the ready timeout.
     fn running(&mut self, p: &Policy, now: Instant, acts: &mut Vec<Action>) {
         self.set(State::Running, now);
+        self.run_started = now;
         self.failed_check = false;
         if !p.ready_check {
             self.ready = true;
@@ -339,8 +344,11 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                     s.delay = Duration::ZERO;
                     s.try_start(p, now, &mut acts);
                 }
-                // Already on its way up, or coming back after the stop in progress.
-                State::Starting | State::Running | State::BackingOff | State::Stopping => {}
+                // Coming back after the stop in progress, as asked: not as a failure, even if the
+                // stop was for a failed check.
+                State::Stopping => s.failed_check = false,
+                // Already on its way up.
+                State::Starting | State::Running | State::BackingOff => {}
             }
         }
         Event::Stop => {
@@ -390,7 +398,7 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
         }
         Event::Exited(exit) => {
             if matches!(s.state, State::Running | State::Stopping) {
-                let ran = now.duration_since(s.since);
+                let ran = now.duration_since(s.run_started);
                 // Stopped for a failed check: an end like any failure, restarted by policy.
                 let was_stopping = s.state == State::Stopping && !std::mem::take(&mut s.failed_check);
                 s.pid = None;
@@ -432,6 +440,7 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                 s.pid = Some(pid);
                 s.running(p, now, &mut acts);
                 s.since = now.checked_sub(age).unwrap_or(now);
+                s.run_started = s.since;
             }
         }
         Event::Timer => match s.state {
@@ -443,6 +452,8 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
             State::Running if !s.ready && s.deadline.is_some_and(|d| now >= d) => {
                 s.last_error = Some(format!("not ready within {:?}", p.ready_timeout));
                 s.failed_check = true;
+                // A run that never became ready is no stable run: the backoff goes on growing.
+                s.run_started = now;
                 s.stop(p, now, &mut acts);
             }
             _ => {}

@@ -112,8 +112,27 @@ impl Supervisor {
             if entry.ready && said_once {
                 self.feed(&name, Event::Ready);
             }
+            // Not ready yet with notify = "fd": the holder kept the pipe's read end, so its
+            // newline (and the process) survived the crash; watched again.
+            let key = format!("{name}/notify/{}", entry.tag.as_deref().unwrap_or(""));
+            if let Some(fd) = held.remove(&key) {
+                if self.services[&name].m.ready {
+                    if let Some(h) = &mut self.holder {
+                        h.forget(&key);
+                    }
+                } else {
+                    self.watch_notify(&name, crate::ready::Notify::Fd(std::io::PipeReader::from(fd)), Some(key));
+                }
+            }
         }
         // Pipes of processes not adopted: what they still hold goes to the log, then they end.
+        held.retain(|key, _| {
+            let notify = key.contains("/notify/");
+            if let (true, Some(h)) = (notify, &mut self.holder) {
+                h.forget(key);
+            }
+            !notify
+        });
         for (key, fd) in held {
             let mut parts = key.rsplitn(3, '/');
             let (_tag, which, service) = (parts.next(), parts.next(), parts.next().map(str::to_owned));

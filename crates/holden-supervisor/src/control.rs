@@ -200,7 +200,7 @@ impl Supervisor {
                 self.known(&names)?;
                 if !self.shutting_down {
                     // What they depend on comes up first (held ones wait for its condition).
-                    for n in self.with_dependencies(&names) {
+                    for n in self.to_start(&names) {
                         self.pending_stops.remove(&n);
                         self.by_hand(&n, false);
                         self.feed(&n, Event::Start);
@@ -230,7 +230,7 @@ impl Supervisor {
                     self.feed(&n, Event::Stop);
                 }
                 if !self.shutting_down {
-                    for n in self.with_dependencies(&names) {
+                    for n in self.to_start(&names) {
                         self.pending_stops.remove(&n);
                         self.by_hand(&n, false);
                         self.feed(&n, Event::Start);

@@ -48,6 +48,10 @@ impl Supervisor {
 
     /// The machine asked for a spawn: queued, or held while a dependency condition fails.
     pub(crate) fn queue_spawn(&mut self, name: &str) {
+        // A fresh start waits for its conditions anyway: no restart is owed to it.
+        if let Some(s) = self.services.get_mut(name) {
+            s.restart_pending = false;
+        }
         match self.unmet(name) {
             None => self.spawn_queue.push_back(name.into()),
             Some(why) => self.hold(name, why),
@@ -110,10 +114,13 @@ impl Supervisor {
         self.in_recheck = false;
     }
 
-    /// `restart = true`: a running dependent is marked when its dependency stops meeting the
-    /// condition, and restarted when it meets it again.
+    /// `restart = true`: a running dependent is marked when its dependency, having met the
+    /// condition, stops meeting it (a change seen, never a state found: an adopted or early
+    /// dependent is not restarted for a dependency that was simply not up yet), and restarted
+    /// when it meets it again.
     fn restart_dependents(&mut self) {
         let mut restart = Vec::new();
+        let mut seen = Vec::new();
         for (name, svc) in &self.services {
             for (dep, terms) in &svc.cfg.dependencies {
                 if !terms.restart || terms.condition == Condition::Completed {
@@ -123,11 +130,18 @@ impl Supervisor {
                     Condition::Started => self.services.get(dep).is_some_and(|d| d.m.state == State::Running),
                     c => self.holds(dep, c),
                 };
-                if !holds && svc.m.state == State::Running && svc.m.wanted == Wanted::Up {
+                let held = svc.dep_held.get(dep).copied();
+                seen.push((name.clone(), dep.clone(), holds));
+                if held == Some(true) && !holds && svc.m.state == State::Running && svc.m.wanted == Wanted::Up {
                     restart.push((name.clone(), false));
                 } else if holds && svc.restart_pending {
                     restart.push((name.clone(), true));
                 }
+            }
+        }
+        for (name, dep, holds) in seen {
+            if let Some(svc) = self.services.get_mut(&name) {
+                svc.dep_held.insert(dep, holds);
             }
         }
         for (name, now) in restart {
@@ -160,6 +174,15 @@ impl Supervisor {
             i += 1;
         }
         self.ordered(&want, false)
+    }
+
+    /// What a start of `names` starts: them, and what they depend on that is not up, except a
+    /// dependency that has completed (a oneshot such as a migration is not run again).
+    pub(crate) fn to_start(&self, names: &[String]) -> Vec<String> {
+        self.with_dependencies(names)
+            .into_iter()
+            .filter(|n| names.contains(n) || !self.holds(n, Condition::Completed))
+            .collect()
     }
 
     /// `names` and everything that depends on them (transitively), in stop order.

@@ -244,6 +244,8 @@ impl Supervisor {
         let mut chunk = Vec::new();
         let (count, eof) = pipe.read_into(&mut chunk);
         let name = pipe.service.clone();
+        // The spawn tag of the process the pipe belongs to (`NAME/STREAM/TAG`), if known.
+        let tag = pipe.holder_key.as_deref().and_then(|k| k.rsplit('/').next()).map(str::to_owned);
         if eof {
             if let Some(Target::Pipe(p)) = self.targets.remove(&token) {
                 let _ = self.epoll.delete(&p);
@@ -255,7 +257,7 @@ impl Supervisor {
         if count == 0 {
             return false;
         }
-        self.log_ready(&name, &chunk);
+        self.log_ready(&name, tag.as_deref(), &chunk);
         if let Some(log) = self.services.get_mut(&name).and_then(|s| s.log.as_mut()) {
             match log.write_chunk(&chunk) {
                 Ok(()) => log.last_error = None,

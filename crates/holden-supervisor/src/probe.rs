@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex};
@@ -71,8 +72,13 @@ fn left(deadline: Instant) -> Result<Duration, String> {
 
 fn in_netns(job: &Job, f: impl FnOnce() -> Result<(), String>) -> Result<(), String> {
     if let Some((pidfd, pid)) = &job.netns_of {
-        holden_sys::process::enter_net_namespace(pidfd.as_fd(), *pid)
-            .map_err(|e| format!("enter the service's network namespace: {e}"))?;
+        // Already there (an agent sharing ours): no setns, which would need CAP_SYS_ADMIN.
+        let ns = |p: &str| std::fs::metadata(p).map(|m| (m.dev(), m.ino())).ok();
+        let same = ns("/proc/thread-self/ns/net").is_some_and(|a| Some(a) == ns(&format!("/proc/{pid}/ns/net")));
+        if !same {
+            holden_sys::process::enter_net_namespace(pidfd.as_fd(), *pid)
+                .map_err(|e| format!("enter the service's network namespace: {e}"))?;
+        }
     }
     f()
 }
@@ -111,6 +117,8 @@ fn http(addr: SocketAddr, host: &str, path: &str, deadline: Instant) -> Result<(
 fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Result<(), String> {
     let mut cmd = holden::Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(holden::Stdio::null()).stdout(holden::Stdio::null()).stderr(holden::Stdio::null());
+    // A group of its own: at the timeout, what it started (sh -c 'curl ...') goes with it.
+    cmd.setsid(true);
     for (k, v) in &job.env {
         cmd.env(k, v);
     }
@@ -145,7 +153,10 @@ fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Resu
     let ended = left(deadline)
         .and_then(|d| holden_sys::event::poll_readable(child.pidfd(), Some(d)).map_err(|e| e.to_string()));
     if ended != Ok(true) {
-        let _ = child.kill();
+        match child.pid() {
+            Some(pid) => drop(holden_sys::process::pidfd_send_signal_group(child.pidfd(), pid, libc::SIGKILL)),
+            None => drop(child.kill()),
+        }
         let _ = child.wait();
         forget(&child);
         return Err(format!("{} timed out after {:?}; killed", argv[0], job.timeout));

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsFd;
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +22,8 @@ const FIRST_TRY: Duration = Duration::from_millis(100);
 /// How long past its timeout a probe's thread may take to answer before the probe counts as
 /// failed (it is still waited for before the next one starts).
 const GRACE: Duration = Duration::from_secs(1);
+/// How long past that a probe's thread is waited for before checks go on without it.
+const ABANDON: Duration = Duration::from_secs(30);
 
 /// How a process says it is ready, watched by the loop.
 pub(crate) enum Notify {
@@ -65,7 +67,7 @@ pub(crate) struct Checks {
 impl Checks {
     /// The earliest time something of these probes is due.
     pub(crate) fn deadline(&self) -> Option<Instant> {
-        let late = self.in_flight.filter(|f| !f.2).map(|f| f.1);
+        let late = self.in_flight.map(|f| if f.2 { f.1 + ABANDON } else { f.1 });
         match (self.next.filter(|_| self.in_flight.is_none()), late) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -84,7 +86,7 @@ impl Supervisor {
             c.pace = FIRST_TRY;
             // An answer still to come belongs to a run that is over: it counts for nothing, and
             // its deadline is no one's (the next probe waits for its thread all the same).
-            c.seq += 1;
+            c.seq = 0;
             if let Some(f) = &mut c.in_flight {
                 f.2 = true;
             }
@@ -121,6 +123,14 @@ impl Supervisor {
                     svc.checks.in_flight = Some((seq, at, true));
                     self.checked(&name, Err("no answer in time".into()));
                 }
+                // Its thread is stuck (an agent that stopped answering mid-call): given up, so
+                // that checks go on; its late answer, if any, is an old number's.
+                Some((_, at, true)) if at + ABANDON <= now => {
+                    svc.checks.in_flight = None;
+                    say(&format!(
+                        "{name}: a probe has not ended {ABANDON:?} past its timeout; checks go on without it"
+                    ));
+                }
                 Some(_) => {}
                 None => self.start_probe(&name),
             }
@@ -148,8 +158,11 @@ impl Supervisor {
             }
             _ => None,
         };
-        svc.checks.seq += 1;
-        let seq = svc.checks.seq;
+        // Numbered across the supervisor: a service removed and added again by reloads never
+        // takes an old probe's answer for its own.
+        self.probe_seq += 1;
+        let seq = self.probe_seq;
+        svc.checks.seq = seq;
         let c = &svc.cfg.constraints;
         let job = Job {
             service: name.into(),
@@ -233,7 +246,8 @@ impl Supervisor {
     pub(crate) fn notify_socket(&self, tag: &str, agent_socket: Option<&Path>) -> std::io::Result<(Notify, String)> {
         let (sock, value, file) = match agent_socket.and_then(Path::parent) {
             None => {
-                let name = format!("holden-notify-{tag}");
+                // Not guessable: a local user could otherwise bind the next names first.
+                let name = format!("holden-notify-{tag}-{}", crate::state::new_run_id());
                 let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
                 (UnixDatagram::bind_addr(&addr)?, format!("@{name}"), None)
             }
@@ -241,7 +255,16 @@ impl Supervisor {
                 let path = dir.join(format!("holden-notify-{tag}.sock"));
                 let _ = std::fs::remove_file(&path);
                 let sock = UnixDatagram::bind(&path)?;
-                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666))?;
+                // Writable by the container's users (the sender is checked), through what was
+                // bound, not the name: the directory is the container's too, and a symlink
+                // swapped in would make chmod reach another file.
+                let bound =
+                    std::fs::OpenOptions::new().read(true).custom_flags(libc::O_PATH | libc::O_NOFOLLOW).open(&path)?;
+                if !bound.metadata()?.file_type().is_socket() {
+                    return Err(std::io::Error::other(format!("{} was replaced", path.display())));
+                }
+                let fd = std::os::fd::AsRawFd::as_raw_fd(&bound);
+                std::fs::set_permissions(format!("/proc/self/fd/{fd}"), std::fs::Permissions::from_mode(0o666))?;
                 (sock, path.to_string_lossy().into_owned(), Some(path))
             }
         };
@@ -251,7 +274,8 @@ impl Supervisor {
     }
 
     /// The readiness channel of a process just spawned: watched until it says it is ready.
-    pub(crate) fn watch_notify(&mut self, name: &str, n: Notify) {
+    /// `holder_key`: the copy the fd holder keeps of a `notify = "fd"` pipe, forgotten with it.
+    pub(crate) fn watch_notify(&mut self, name: &str, n: Notify, holder_key: Option<String>) {
         let token = self.token();
         let fd = n.as_fd();
         if let Err(e) = holden_sys::fd::set_nonblocking(fd, true).and_then(|()| self.epoll.add(fd, token, READABLE)) {
@@ -261,6 +285,7 @@ impl Supervisor {
         self.targets.insert(token, Target::Notify(name.into(), n));
         if let Some(svc) = self.services.get_mut(name) {
             svc.checks.notify = Some(token);
+            svc.notify_key = holder_key;
         }
     }
 
@@ -279,8 +304,9 @@ impl Supervisor {
                 (said, said || got == Some(0))
             }
             Notify::Systemd { sock, .. } => {
-                let mut said = false;
-                // A bounded number per turn: a flood cannot hold the loop.
+                let (mut said, mut warned) = (false, false);
+                // A bounded number per turn, and one line about impostors: a flood can hold
+                // neither the loop nor the log.
                 for _ in 0..64 {
                     let Ok((len, pid)) = holden_sys::socket::recv_with_pid(sock.as_fd(), &mut buf) else { break };
                     let from_service = pid.zip(main).is_some_and(|(p, m)| crate::procfs::descends_from(p, m));
@@ -289,7 +315,7 @@ impl Supervisor {
                         said = true;
                         break;
                     }
-                    if ready {
+                    if ready && !std::mem::replace(&mut warned, true) {
                         say(&format!("{name}: READY=1 from pid {pid:?}, not the service's: ignored"));
                     }
                 }
@@ -309,16 +335,23 @@ impl Supervisor {
             let _ = self.epoll.delete(&fd);
             if let Some(svc) = self.services.get_mut(&name) {
                 svc.checks.notify = None;
+                if let (Some(key), Some(h)) = (svc.notify_key.take(), &mut self.holder) {
+                    h.forget(&key);
+                }
             }
         }
     }
 
     /// Lines of `name`'s output (`TIMESTAMP STREAM TEXT` each): one that holds its `log`
     /// readiness text makes it ready.
-    pub(crate) fn log_ready(&mut self, name: &str, chunk: &[u8]) {
+    /// Lines from the pipe of an earlier process (`tag` another spawn's) do not count.
+    pub(crate) fn log_ready(&mut self, name: &str, tag: Option<&str>, chunk: &[u8]) {
         let Some(svc) = self.services.get(name) else { return };
         let Some(ReadyWhen::Log(text)) = &svc.cfg.ready else { return };
         if svc.m.ready || svc.m.state != State::Running {
+            return;
+        }
+        if tag.zip(svc.tag.as_deref()).is_some_and(|(a, b)| a != b) {
             return;
         }
         let chunk = String::from_utf8_lossy(chunk);

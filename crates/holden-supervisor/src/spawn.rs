@@ -395,7 +395,17 @@ impl Supervisor {
         }
         self.feed(name, Event::Spawned { pid });
         if let Some(r) = notify {
-            self.watch_notify(name, r);
+            // The holder keeps a copy of a readiness pipe too: a crash before the newline
+            // leaves the writer a reader (no SIGPIPE), and the next run watches it again.
+            let key = match (&r, &mut self.holder) {
+                (Notify::Fd(p), Some(h)) => {
+                    let key = format!("{name}/notify/{tag}");
+                    h.store(&key, p.as_fd());
+                    Some(key)
+                }
+                _ => None,
+            };
+            self.watch_notify(name, r, key);
         }
     }
 }

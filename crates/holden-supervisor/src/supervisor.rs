@@ -72,6 +72,10 @@ pub(crate) struct Svc {
     pub(crate) waiting: Option<String>,
     /// A `restart = true` dependency stopped meeting its condition: restart once it does.
     pub(crate) restart_pending: bool,
+    /// The fd holder's key of its `notify = "fd"` pipe, while watched.
+    pub(crate) notify_key: Option<String>,
+    /// Whether each `restart = true` dependency met its condition when last looked at.
+    pub(crate) dep_held: BTreeMap<String, bool>,
     /// When its state machine last took an event (the time of a state change it made).
     pub(crate) fed_at: Instant,
 }
@@ -98,6 +102,8 @@ impl Svc {
             checks: crate::ready::Checks::default(),
             waiting: None,
             restart_pending: false,
+            dep_held: BTreeMap::new(),
+            notify_key: None,
             fed_at: now,
         }
     }
@@ -201,6 +207,8 @@ pub struct Supervisor {
     pub(crate) probe_rx: std::sync::mpsc::Receiver<crate::probe::Done>,
     pub(crate) probe_wake: std::sync::Arc<std::io::PipeWriter>,
     pub(crate) probe_wake_read: std::io::PipeReader,
+    /// The last probe's number.
+    pub(crate) probe_seq: u64,
     /// Local exec probes' pids, which the reaper leaves alone.
     pub(crate) probe_pids: crate::probe::ProbePids,
     /// A pass over held services is under way (and another is asked for).
@@ -344,6 +352,7 @@ impl Supervisor {
             probe_wake: std::sync::Arc::new(probe_wake),
             probe_wake_read,
             probe_pids: Default::default(),
+            probe_seq: 0,
             in_recheck: false,
             recheck_again: false,
             pending_stops: Default::default(),

@@ -309,3 +309,26 @@ fn regression_retries_while_an_agent_is_away_are_not_restarts() {
     r.at(t, Event::Spawned { pid: 4 });
     assert_eq!(r.s.restarts, 1);
 }
+
+#[test]
+fn a_long_healthy_run_then_unhealthy_restarts_at_once_and_a_restart_by_hand_is_no_failure() {
+    let mut r = Run::new(Restart::Never);
+    r.at(0, Event::Start);
+    r.at(0, Event::Spawned { pid: 4 });
+    for t in 1..=3 {
+        r.at(20_000 + t, Event::Checked { ok: false });
+    }
+    assert_eq!(r.s.state, State::Stopping);
+    // Asked to restart while it stops for the failed checks: a restart, not a failure (restart
+    // = "never" would otherwise leave it exited).
+    r.at(20_004, Event::Start);
+    assert_eq!(r.at(20_005, Event::Exited(Exit::Signal(15))), [Action::Spawn]);
+    // It ran 20 s before it went unhealthy: a stable run, so no backoff either.
+    let mut r = Run::new(Restart::Always);
+    r.at(0, Event::Start);
+    r.at(0, Event::Spawned { pid: 4 });
+    for t in 1..=3 {
+        r.at(20_000 + t, Event::Checked { ok: false });
+    }
+    assert_eq!(r.at(20_005, Event::Exited(Exit::Signal(15))), [Action::Spawn]);
+}
