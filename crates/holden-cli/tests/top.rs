@@ -92,7 +92,12 @@ command = ["sleep", "1001"]
     assert_eq!(up.service("alpha")["state"], "running");
     // q: exit 0, and the normal screen is back (the alternate screen is gone with its table).
     tmux.keys(&["q"]);
-    wait_until("top exits", scaled(Duration::from_secs(5)), || done.exists(), || tmux.screen());
+    wait_until(
+        "top exits",
+        scaled(Duration::from_secs(5)),
+        || std::fs::read_to_string(&done).is_ok_and(|s| s.ends_with('\n')),
+        || tmux.screen(),
+    );
     assert_eq!(std::fs::read_to_string(&done).unwrap().trim(), "exit=0");
     let after = tmux.screen();
     assert!(!after.contains("holden top"), "the terminal was not restored:\n{after}");
@@ -116,9 +121,47 @@ fn top_ends_when_the_orchestrator_goes_away_and_restores_the_terminal() {
     );
     tmux.wait_for("the table", |s| s.contains("running"));
     up.crash();
-    wait_until("top exits", scaled(Duration::from_secs(5)), || done.exists(), || tmux.screen());
+    wait_until(
+        "top exits",
+        scaled(Duration::from_secs(5)),
+        || std::fs::read_to_string(&done).is_ok_and(|s| s.ends_with('\n')),
+        || tmux.screen(),
+    );
     assert_eq!(std::fs::read_to_string(&done).unwrap().trim(), "exit=3");
     let err = std::fs::read_to_string(format!("{}.err", done.display())).unwrap();
     assert!(err.contains("went away"), "{err}");
     assert!(!tmux.screen().contains("holden top"), "{}", tmux.screen());
+}
+
+#[test]
+fn regression_top_ends_when_its_terminal_goes_away() {
+    let dir = Dir::new("top-hangup");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1003\"]\n");
+    up.wait_state("s", "running");
+    let name = format!("holden-top-hangup-{}", std::process::id());
+    let tmux = Tmux::start(&name, &format!("exec {HOLDEN} top --control-socket {}", up.socket.display()));
+    tmux.wait_for("the table", |s| s.contains("running"));
+    let out = Command::new("tmux").args(["list-panes", "-t", &name, "-F", "#{pane_pid}"]).output().unwrap();
+    let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    // Whatever happens, no top is left spinning after this test.
+    struct KillOnDrop(i32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            kill(self.0, 9);
+        }
+    }
+    let _guard = KillOnDrop(pid);
+    // The terminal goes away (as when an ssh session drops): top used to spin on end-of-file
+    // at full CPU for ever, never looking at its signals or its orchestrator again.
+    drop(tmux);
+    wait_until(
+        "top ends",
+        scaled(Duration::from_secs(5)),
+        || {
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || holden_cli::stat_fields(pid).is_some_and(|f| f[0] == "Z")
+        },
+        || format!("top (pid {pid}) still runs: {:?}", holden_cli::stat_fields(pid)),
+    );
+    up.stop(&dir, &[]);
 }

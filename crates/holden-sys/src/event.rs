@@ -153,6 +153,16 @@ pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io::Resul
     }
 }
 
+/// Whether `fd`'s other end is gone (`POLLHUP`, `POLLERR`, `POLLNVAL`), without waiting: a
+/// terminal whose emulator closed, a pipe whose writers all closed.
+/// Man page: <https://man7.org/linux/man-pages/man2/poll.2.html>.
+pub fn hung_up(fd: BorrowedFd<'_>) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one valid pollfd, a zero timeout.
+    let n = unsafe { libc::poll(&mut p, 1, 0) };
+    n > 0 && p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
+}
+
 /// Whether `fd` can be written now without blocking (`POLLOUT`), without waiting: `poll(2)`
 /// with a zero timeout. For a pipe this means room for at least one page, so a write of at
 /// most `PIPE_BUF` bytes does not block. A peer that is gone (`POLLERR`, `POLLHUP`) counts as

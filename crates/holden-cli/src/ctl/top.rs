@@ -7,6 +7,7 @@
 //! SIGINT or SIGHUP, and on a panic. `NO_COLOR` turns colours off.
 
 use std::collections::BTreeMap;
+use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -140,13 +141,29 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
             break Err(Failure::Broken(format!("draw: {e}")));
         }
         // Keys, then what the threads brought; a quarter of a second at most between frames
-        // (the uptimes move).
-        if event::poll(Duration::from_millis(250)).unwrap_or(false) {
-            if let Ok(Term::Key(k)) = event::read() {
-                if k.kind == KeyEventKind::Press && !key(&mut app, a, k.code, k.modifiers, &tx) {
-                    break Ok(ExitCode::SUCCESS);
+        // (the uptimes move). The terminal is watched here, not in the key reader: on a
+        // terminal that went away (its emulator closed, an ssh session dropped) the reader
+        // would spin on end-of-file, and this would never end.
+        let tty = std::io::stdin();
+        if holden_sys::event::hung_up(tty.as_fd()) {
+            break Err(Failure::Unreachable("the terminal went away".into()));
+        }
+        // Wait for a key (or a quarter of a second), then take every key there is: the reader
+        // keeps what it read ahead (two keys typed at once) in a buffer of its own.
+        let _ = holden_sys::event::poll_readable(tty.as_fd(), Some(Duration::from_millis(250)));
+        let mut quit = None;
+        while quit.is_none() && !holden_sys::event::hung_up(tty.as_fd()) && event::poll(Duration::ZERO).unwrap_or(false)
+        {
+            match event::read() {
+                Ok(Term::Key(k)) if k.kind == KeyEventKind::Press && !key(&mut app, a, k.code, k.modifiers, &tx) => {
+                    quit = Some(Ok(ExitCode::SUCCESS));
                 }
+                Ok(_) => {}
+                Err(e) => quit = Some(Err(Failure::Broken(format!("read the terminal: {e}")))),
             }
+        }
+        if let Some(q) = quit {
+            break q;
         }
         let mut end = None;
         while let Ok(m) = rx.try_recv() {
