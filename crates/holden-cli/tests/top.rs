@@ -143,14 +143,15 @@ fn regression_top_ends_when_its_terminal_goes_away() {
     tmux.wait_for("the table", |s| s.contains("running"));
     let out = Command::new("tmux").args(["list-panes", "-t", &name, "-F", "#{pane_pid}"]).output().unwrap();
     let pid: i32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-    // Whatever happens, no top is left spinning after this test.
-    struct KillOnDrop(i32);
+    // Whatever happens, no top is left spinning after this test (through a pidfd: never a
+    // recycled pid).
+    struct KillOnDrop(std::os::fd::OwnedFd);
     impl Drop for KillOnDrop {
         fn drop(&mut self) {
-            kill(self.0, 9);
+            let _ = holden_sys::process::pidfd_send_signal(&self.0, 9);
         }
     }
-    let _guard = KillOnDrop(pid);
+    let _guard = KillOnDrop(holden_sys::process::pidfd_open(pid).unwrap());
     // The terminal goes away (as when an ssh session drops): top used to spin on end-of-file
     // at full CPU for ever, never looking at its signals or its orchestrator again.
     drop(tmux);
