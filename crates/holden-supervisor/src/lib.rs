@@ -37,6 +37,7 @@ mod reload;
 pub mod spawn;
 pub mod state;
 pub mod supervisor;
+mod svc;
 pub mod text;
 
 use std::ffi::OsString;
