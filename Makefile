@@ -43,7 +43,9 @@ install:
 	install -D -m 644 dist/holden.toml $(DESTDIR)$(PREFIX)/share/doc/holden/holden.toml.example
 	mkdir -p $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
 		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
-	target/release/holden man > $(DESTDIR)$(PREFIX)/share/man/man1/holden.1
+	for p in $$(target/release/holden man --list); do \
+		target/release/holden man $$p > $(DESTDIR)$(PREFIX)/share/man/man1/$$p.1 || exit 1; \
+	done
 	target/release/holden completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/holden
 	target/release/holden completions zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_holden
 	target/release/holden completions fish > $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d/holden.fish

@@ -25,7 +25,8 @@ pub const EXEC_EXIT: &str = "Exit status (as podman exec and docker exec):
         The orchestrator's control socket is --control-socket PATH, else $HOLDEN_CONTROL_SOCKET, \
         else the configuration's (-c FILE, else $HOLDEN_CONFIG, else ./holden.toml, else \
         /etc/holden/holden.toml), else /run/holden/orchestrator.sock (root) or \
-        $XDG_RUNTIME_DIR/holden/orchestrator.sock.",
+        $XDG_RUNTIME_DIR/holden/orchestrator.sock, or $TMPDIR/holden-UID/holden/orchestrator.sock \
+        (/tmp without $TMPDIR) when $XDG_RUNTIME_DIR is unset.",
     after_help = "Exit status: 0 on success, 1 when the command failed, 2 on a usage error, 3 when the \
         orchestrator does not answer or goes away; `holden exec` exits with the command's own status \
         (see `holden exec --help`).",
@@ -237,9 +238,15 @@ pub enum Cmd {
     },
     /// Print a shell completion script: bash, zsh or fish
     Completions { shell: Shell },
-    /// Print the man page (roff), generated at build time
+    /// Print a man page (roff), generated at build time: holden(1), or a command's
     #[command(hide = true)]
-    Man,
+    Man {
+        /// The page: a command (status) or a page's name (holden-status); none: holden(1)
+        page: Option<String>,
+        /// List the pages' names
+        #[arg(long)]
+        list: bool,
+    },
     /// The log-pipe holder `holden up` starts for itself (not for direct use)
     #[command(hide = true)]
     Fdholder { socket: PathBuf },

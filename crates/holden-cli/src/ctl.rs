@@ -129,7 +129,7 @@ impl Client {
         let given = a.socket.is_some() || std::env::var_os("HOLDEN_CONTROL_SOCKET").is_some_and(|v| !v.is_empty());
         let found = if given { None } else { crate::up::find_config(a.config.as_deref(), false) };
         let from_config = match &found {
-            Some((f, _)) => config::load(f).map_err(|e| Failure::Broken(e.to_string()))?.control_socket,
+            Some((f, _)) => config::control_socket_of(f).map_err(|e| Failure::Broken(e.to_string()))?,
             None => None,
         };
         let (path, how) = holden_supervisor::control_socket_choice(a.socket.as_deref(), from_config.as_deref());
@@ -313,18 +313,7 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
             loop {
                 let Some((p, _)) = c.recv(None)? else { return Err(went_away()) };
                 let e: StateChange = field(&p, "event")?;
-                let line = if a.json {
-                    serde_json::to_string(&e).expect("plain struct")
-                } else {
-                    let mut l = format!("{} {} {}", e.time, e.service, e.state);
-                    if let Some(pid) = e.pid {
-                        l += &format!(" pid {pid}");
-                    }
-                    if let Some(x) = &e.last_exit {
-                        l += &format!(" (last exit: {x})");
-                    }
-                    l
-                };
+                let line = if a.json { serde_json::to_string(&e).expect("plain struct") } else { event_line(&e) };
                 if writeln!(out, "{line}").and_then(|_| out.flush()).is_err() {
                     break;
                 }
@@ -333,6 +322,30 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
         _ => unreachable!("dispatched by main"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One event as `holden events` prints it: time, service, state, and what changed (ready,
+/// healthy, unhealthy, waiting for ..., failed because ...).
+fn event_line(e: &StateChange) -> String {
+    let mut l = format!("{} {} {}", e.time, e.service, e.state);
+    if let Some(pid) = e.pid {
+        l += &format!(" pid {pid}");
+    }
+    match e.change.as_str() {
+        "ready" => l += " ready",
+        "healthy" | "unhealthy" => l += &format!(" {}", e.change),
+        _ => {}
+    }
+    if let Some(w) = &e.waiting {
+        l += &format!(" ({w})");
+    }
+    if let Some(x) = &e.last_exit {
+        l += &format!(" (last exit: {x})");
+    }
+    if let Some(err) = &e.last_error {
+        l += &format!(" (error: {err})");
+    }
+    l
 }
 
 fn went_away() -> Failure {

@@ -17,8 +17,8 @@ use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Cmd};
 
-/// The man page, written by the build script from `cli.rs`.
-const MAN_PAGE: &str = include_str!(concat!(env!("OUT_DIR"), "/holden.1"));
+// The man pages (MAN_PAGES), written by the build script from `cli.rs`.
+include!(concat!(env!("OUT_DIR"), "/man_pages.rs"));
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -86,7 +86,23 @@ fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "holden", &mut script);
             print_all(&script)
         }
-        Cmd::Man => print_all(MAN_PAGE.as_bytes()),
+        Cmd::Man { list: true, .. } => {
+            print_all(MAN_PAGES.iter().map(|(name, _)| format!("{name}\n")).collect::<String>().as_bytes())
+        }
+        Cmd::Man { page, .. } => {
+            let want = match page.as_deref() {
+                None => "holden".to_string(),
+                Some(p) if p.starts_with("holden") => p.to_string(),
+                Some(p) => format!("holden-{p}"),
+            };
+            match MAN_PAGES.iter().find(|(name, _)| *name == want) {
+                Some((_, roff)) => print_all(roff.as_bytes()),
+                None => {
+                    eprintln!("holden man: no page {want} (holden man --list names them)");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Cmd::Fdholder { socket } => match holden_supervisor::holder::serve(&socket) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

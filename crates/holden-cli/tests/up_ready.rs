@@ -228,9 +228,11 @@ depends_on = { bad = "completed" }
         up.wait_for("stuck", "told why", |s| s["waiting"].as_str().is_some_and(|w| w.contains("bad is exited")));
     assert_eq!(stuck["waiting"], "waiting for bad: completed (bad is exited: last exit code 4)");
     assert_eq!(stuck["state"], "starting");
-    // Stopped while held: it gives up its start.
+    // Stopped while held: it gives up its start, which neither counts nor is an error
+    // (regression: it counted a restart and showed "stopped before it started").
     assert!(up.cli(&["stop", "stuck"]).status.success());
-    up.wait_state("stuck", "stopped");
+    let s = up.wait_state("stuck", "stopped");
+    assert_eq!((&s["restarts"], &s["last_error"]), (&serde_json::json!(0), &serde_json::Value::Null), "{s}");
     // A restart of app does not run its completed oneshot again.
     let init_runs = events(&up.output(), "init: running").len();
     assert!(up.cli(&["restart", "app"]).status.success());
@@ -503,4 +505,45 @@ depends_on = {{ db = "ready" }}
     assert_eq!(now["pid"], db, "db survived and was adopted: {}", up.output());
     up.wait_state("web", "running");
     up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_a_crash_leaves_no_dead_notify_socket_in_the_agent_directory() {
+    let dir = Dir::new("ready-sd-crash");
+    let agent = Agent::start(&dir, "box");
+    let flag = dir.path("flag");
+    std::fs::write(&flag, "").unwrap();
+    let config = format!(
+        r#"[agents.box]
+socket = "{socket}"
+
+[services.remote]
+agent = "box"
+command = ["{exe}", "--exact", "sd_notify_service", "--ignored", "--test-threads=1", "-q"]
+env = {{ HELPER_FLAG = "{flag}" }}
+ready = {{ notify = "systemd" }}
+restart = "always"
+"#,
+        socket = agent.socket.display(),
+        exe = std::env::current_exe().unwrap().display(),
+        flag = flag.display()
+    );
+    let sockets = || {
+        std::fs::read_dir(agent.socket.parent().unwrap())
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("holden-notify-"))
+            .count()
+    };
+    let up = Up::start(&dir, &config);
+    let first = up.wait_for("remote", "ready", |s| s["ready"] == true)["pid"].clone();
+    up.crash();
+    let up = Up::start(&dir, &config);
+    up.wait_for("remote", "adopted and ready", |s| s["ready"] == true && s["pid"] == first);
+    // The next process gets a socket of its own; the killed orchestrator's is dead.
+    kill(first.as_i64().unwrap() as i32, 9);
+    up.wait_for("remote", "ready again", |s| s["ready"] == true && s["pid"] != first);
+    // Before: the dead socket file of the killed orchestrator stayed for good.
+    assert_eq!(sockets(), 1, "one socket file, the live one\n{}", up.output());
+    up.stop(&dir, &[agent.pid()]);
+    assert_eq!(sockets(), 0, "none after the stop");
 }

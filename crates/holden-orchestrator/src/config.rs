@@ -28,9 +28,12 @@ use toml::Spanned;
 use crate::constraints::RawConstraints;
 pub use crate::constraints::{CgroupLimit, Constraints};
 pub use crate::readiness::{Condition, Dependency, Health, Probe, ReadyWhen};
-pub use env::{interpolate, read_env_file};
+pub use env::{interpolate, original_offset, read_env_file};
+use file::error_at;
+pub use file::{control_socket_of, load};
 
 mod env;
+mod file;
 mod order;
 
 use order::find_cycle;
@@ -238,8 +241,8 @@ struct RawService {
     stop_timeout: Option<Spanned<String>>,
     backoff: Option<RawBackoff>,
     start_limit: Option<RawStartLimit>,
-    stdout: Option<String>,
-    stderr: Option<String>,
+    stdout: Option<Spanned<String>>,
+    stderr: Option<Spanned<String>>,
     kill_mode: Option<KillMode>,
     user: Option<Spanned<String>>,
     group: Option<Spanned<String>>,
@@ -290,10 +293,8 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .trim()
             .parse()
             .map_err(|_| format!("duration {s:?} is not a number with a unit (100ms, 1.5s, 1m30s, 2h)"))?;
-        if !v.is_finite() || v < 0.0 {
-            return Err(format!("duration {s:?} is out of range"));
-        }
-        Ok(Duration::from_secs_f64(v * scale))
+        // try_: a number past u64 seconds (1e20s) is an error, not a panic.
+        Duration::try_from_secs_f64(v * scale).map_err(|_| format!("duration {s:?} is out of range"))
     };
     let d = simple().or_else(|e| humantime::parse_duration(s).map_err(|_| e))?;
     if d > Duration::from_secs(1_000_000_000) {
@@ -308,42 +309,37 @@ pub fn parse_signal(s: &str) -> Result<i32, String> {
     holden_proto::signal::parse(s)
 }
 
-fn parse_output(s: Option<String>) -> Output {
-    match s.as_deref() {
-        None | Some("log") => Output::Log,
-        Some("inherit") => Output::Inherit,
-        Some("null") => Output::Null,
-        Some(path) => Output::File(path.into()),
+/// `stdout` / `stderr`: `log`, `inherit`, `null`, or a file written as a path (it holds a `/`,
+/// so that a misspelt word is an error, not a file of that name).
+fn parse_output(s: &Option<Spanned<String>>, which: &str) -> crate::readiness::Located<Output> {
+    let Some(v) = s else { return Ok(Output::Log) };
+    match v.get_ref().as_str() {
+        "log" => Ok(Output::Log),
+        "inherit" => Ok(Output::Inherit),
+        "null" => Ok(Output::Null),
+        path if path.contains('/') && !path.ends_with('/') && !path.contains('\0') => Ok(Output::File(path.into())),
+        other => Err((
+            v.span(),
+            format!("{which} must be \"log\", \"inherit\", \"null\" or a file's path (/var/log/x.log, ./x.log), not {other:?}"),
+        )),
     }
-}
-
-/// Reads and checks a configuration file.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: path.into(),
-        line: 1,
-        column: 1,
-        message: format!("cannot read the file: {e}"),
-    })?;
-    let text = interpolate(&text, |k| std::env::var(k).ok()).map_err(|(offset, message)| {
-        let before = &text[..offset.min(text.len())];
-        ConfigError {
-            file: path.into(),
-            line: before.matches('\n').count() + 1,
-            column: before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1,
-            message,
-        }
-    })?;
-    parse(path, &text)
 }
 
 /// Checks configuration `text`, read from `file` (used in error messages).
 pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+    parse_from(file, text, text, &[])
+}
+
+/// Checks `text`, which is `original` interpolated (`anchors` from [`interpolate`]): errors
+/// name the line and column in `original`.
+pub(crate) fn parse_from(
+    file: &Path,
+    text: &str,
+    original: &str,
+    anchors: &[(usize, usize)],
+) -> Result<Config, ConfigError> {
     let at = |span: Range<usize>, message: String| {
-        let before = &text[..span.start.min(text.len())];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-        ConfigError { file: file.into(), line, column, message }
+        error_at(file, original, env::original_offset(anchors, span.start), message)
     };
     let raw: RawConfig = toml::from_str(text).map_err(|e| at(e.span().unwrap_or(0..0), e.message().to_lowercase()))?;
     let dur = |v: &Option<Spanned<String>>, default: Duration| match v {
@@ -410,7 +406,9 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 return Err(at(span(), format!("service {n}: {d} has restart = \"always\" and never completes")));
             }
         }
-        let captured = [&s.stdout, &s.stderr].iter().any(|o| parse_output((*o).clone()) == Output::Log);
+        let stdout = parse_output(&s.stdout, "stdout").map_err(|(span, m)| at(span, format!("service {n}: {m}")))?;
+        let stderr = parse_output(&s.stderr, "stderr").map_err(|(span, m)| at(span, format!("service {n}: {m}")))?;
+        let captured = stdout == Output::Log || stderr == Output::Log;
         let ready = match &s.ready {
             None => None,
             Some(r) => {
@@ -493,14 +491,20 @@ pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
                 depends_on: deps.iter().map(|(d, _)| d.clone()).collect(),
                 dependencies: deps.into_iter().collect(),
                 ready,
-                ready_timeout: dur(&s.ready_timeout, crate::readiness::DEFAULT_READY_TIMEOUT)?,
+                ready_timeout: match dur(&s.ready_timeout, crate::readiness::DEFAULT_READY_TIMEOUT)? {
+                    t if t < Duration::from_millis(10) => {
+                        let span = s.ready_timeout.as_ref().map_or(0..0, |t| t.span());
+                        return Err(at(span, format!("service {n}: ready_timeout must be at least 10ms")));
+                    }
+                    t => t,
+                },
                 health,
                 stop_signal,
                 stop_timeout: dur(&s.stop_timeout, Duration::from_secs(5))?,
                 backoff,
                 start_limit,
-                stdout: parse_output(s.stdout.clone()),
-                stderr: parse_output(s.stderr.clone()),
+                stdout,
+                stderr,
                 // A service with a cgroup is stopped whole by default.
                 kill_mode: s.kill_mode.unwrap_or(if constraints.cgroup.is_empty() {
                     KillMode::Process

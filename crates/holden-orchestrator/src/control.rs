@@ -24,6 +24,9 @@ pub const MAX_MESSAGE: usize = 1024 * 1024;
 pub const MAX_NAMES: usize = 4096;
 /// The most log lines one Logs call may ask for.
 pub const MAX_LOG_LINES: u32 = 100_000;
+/// The most bytes of lines, written as JSON strings, one Logs reply carries (older lines are
+/// left out, and the reply says `truncated`): half of [`MAX_MESSAGE`].
+pub const MAX_LOG_BYTES: usize = MAX_MESSAGE / 2;
 
 /// One service as the orchestrator sees it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -138,6 +138,9 @@ pub enum Event {
         /// Retry without counting against the start limit.
         transient: bool,
     },
+    /// The spawn was never made: the service was stopped while it was held, waiting for a
+    /// dependency. No start is counted and no error recorded.
+    Withdrawn,
     /// The process ended (its pidfd became readable and the status was read).
     Exited(Exit),
     /// A process found running at start-up (left by an orchestrator that did not shut down
@@ -394,6 +397,17 @@ pub fn next(p: &Policy, svc: &Service, event: Event, now: Instant) -> (Service, 
                     }
                     s.back_off(p, now, &mut acts);
                 }
+            }
+        }
+        Event::Withdrawn => {
+            if s.state == State::Starting {
+                s.starts.pop_back();
+                if std::mem::take(&mut s.counted) {
+                    s.restarts -= 1;
+                } else {
+                    s.started_once = false;
+                }
+                s.set(State::Stopped, now);
             }
         }
         Event::Exited(exit) => {

@@ -128,7 +128,7 @@ pub const DEFAULT_FAILURES: u32 = 3;
 /// How long a service with `ready` may take to become ready, unless `ready_timeout` says.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Located<T> = Result<T, (Range<usize>, String)>;
+pub(crate) type Located<T> = Result<T, (Range<usize>, String)>;
 
 fn string(v: &Value, what: &str, span: &Range<usize>) -> Located<String> {
     v.as_str().map(str::to_owned).ok_or_else(|| (span.clone(), format!("{what} must be a string")))
@@ -143,18 +143,32 @@ fn duration(v: Option<&Value>, what: &str, default: Duration, span: &Range<usize
     }
 }
 
-/// `IP:port`, `[v6]:port` or `localhost:port`.
+/// `IP:port`, `[v6]:port` or `localhost:port` (the port may be left to `default_port`).
 fn address(s: &str, default_port: Option<u16>) -> Result<SocketAddr, String> {
-    if let Ok(a) = s.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    let (host, port) = match s.rsplit_once(':').filter(|(h, _)| !h.ends_with(']') || h.starts_with('[')) {
-        Some((h, p)) if !h.contains(':') || h.starts_with('[') => {
-            (h, p.parse::<u16>().map_err(|_| format!("{s:?}: the port must be a number from 0 to 65535"))?)
+    let (host, port) = match s.strip_prefix('[') {
+        Some(rest) => {
+            let (h, after) = rest.split_once(']').ok_or_else(|| format!("{s:?}: [ without its ]"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None if after.is_empty() => (h, None),
+                None => return Err(format!("{s:?}: ] is followed by :PORT or nothing")),
+            }
         }
-        _ => (s, default_port.ok_or_else(|| format!("{s:?} needs a port (HOST:PORT)"))?),
+        None => match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            Some(_) => return Err(format!("{s:?}: an IPv6 address goes in brackets ([::1]:80)")),
+            None => (s, None),
+        },
     };
-    let ip = match host.trim_start_matches('[').trim_end_matches(']') {
+    let port = match port {
+        Some(p) => p
+            .parse::<u16>()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("{s:?}: the port must be a number from 1 to 65535"))?,
+        None => default_port.ok_or_else(|| format!("{s:?} needs a port (HOST:PORT)"))?,
+    };
+    let ip = match host {
         "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
         h => h
             .parse::<IpAddr>()
@@ -184,15 +198,17 @@ fn probe_of(t: &toml::Table, key: &str, span: &Range<usize>) -> Located<Probe> {
             let bad = |m: &str| (span.clone(), format!("http {url:?}: {m}"));
             let rest =
                 url.strip_prefix("http://").ok_or_else(|| bad("must begin with http:// (https is not probed)"))?;
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
+            // The authority ends at the path or the query (`host:80?x` asks for `/?x`).
+            let (authority, path) = match rest.find(['/', '?']) {
+                Some(i) if rest[i..].starts_with('/') => (&rest[..i], rest[i..].to_owned()),
+                Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+                None => (rest, "/".to_owned()),
             };
             if path.chars().any(|c| c.is_control() || c == ' ') {
                 return Err(bad("the path may not hold spaces or control characters"));
             }
             let addr = address(authority, Some(80)).map_err(|m| bad(&m))?;
-            Ok(Probe::Http { addr, host: authority.to_owned(), path: path.to_owned() })
+            Ok(Probe::Http { addr, host: authority.to_owned(), path })
         }
         _ => unreachable!("asked for a probe key"),
     }
@@ -239,27 +255,24 @@ pub(crate) fn ready(v: &Value, span: &Range<usize>, captured_output: bool) -> Lo
             }
             Ok(ReadyWhen::Log(text))
         }
-        _ => Ok(ReadyWhen::Probe {
-            probe: probe_of(t, kind, span)?,
-            interval: positive(
-                duration(t.get("interval"), "ready interval", DEFAULT_INTERVAL, span)?,
-                "ready interval",
-                span,
-            )?,
-            timeout: positive(
-                duration(t.get("timeout"), "ready timeout", DEFAULT_TIMEOUT, span)?,
-                "ready timeout",
-                span,
-            )?,
-        }),
+        _ => {
+            let (interval, timeout) = timing(t, "ready", span)?;
+            Ok(ReadyWhen::Probe { probe: probe_of(t, kind, span)?, interval, timeout })
+        }
     }
 }
 
-fn positive(d: Duration, what: &str, span: &Range<usize>) -> Located<Duration> {
-    if d < Duration::from_millis(10) {
-        return Err((span.clone(), format!("{what} must be at least 10ms")));
-    }
-    Ok(d)
+/// A probe's `interval` and `timeout` (`what` is `ready` or `health`): each at least 10 ms.
+fn timing(t: &toml::Table, what: &str, span: &Range<usize>) -> Located<(Duration, Duration)> {
+    let at_least_10ms = |key: &str, default: Duration| {
+        let name = format!("{what} {key}");
+        let d = duration(t.get(key), &name, default, span)?;
+        if d < Duration::from_millis(10) {
+            return Err((span.clone(), format!("{name} must be at least 10ms")));
+        }
+        Ok(d)
+    };
+    Ok((at_least_10ms("interval", DEFAULT_INTERVAL)?, at_least_10ms("timeout", DEFAULT_TIMEOUT)?))
 }
 
 /// Checks `health = { ... }`.
@@ -282,18 +295,11 @@ pub(crate) fn health(v: &Value, span: &Range<usize>) -> Located<Health> {
             _ => return Err((span.clone(), "health failures must be a number from 1 to 1000".into())),
         },
     };
+    let (interval, timeout) = timing(t, "health", span)?;
     Ok(Health {
         probe: probe_of(t, kind, span)?,
-        interval: positive(
-            duration(t.get("interval"), "health interval", DEFAULT_INTERVAL, span)?,
-            "health interval",
-            span,
-        )?,
-        timeout: positive(
-            duration(t.get("timeout"), "health timeout", DEFAULT_TIMEOUT, span)?,
-            "health timeout",
-            span,
-        )?,
+        interval,
+        timeout,
         failures,
         start_period: duration(t.get("start_period"), "health start_period", Duration::ZERO, span)?,
     })
@@ -337,6 +343,12 @@ pub(crate) fn depends_on(v: &Value, span: &Range<usize>) -> Located<Vec<(String,
                             None => Condition::Started,
                             Some(c) => cond(&string(c, "condition", span)?)?,
                         };
+                        if restart && condition == Condition::Completed {
+                            return Err((
+                                span.clone(),
+                                format!("depends_on {name}: restart = true goes with \"started\" or \"ready\" (a completed dependency does not come back)"),
+                            ));
+                        }
                         Dependency { condition, restart }
                     }
                     _ => return Err((span.clone(), format!("depends_on {name}: a condition (\"ready\") or a table"))),

@@ -2,7 +2,7 @@
 //! and streaming logs and events to the connections that follow them. A follower that falls
 //! too far behind is dropped; supervision never waits for a reader.
 
-use holden_orchestrator::control::{self, ControlError, Request, ServiceStatus, INTERFACE};
+use holden_orchestrator::control::{self, ControlError, Request, ServiceStatus, INTERFACE, MAX_LOG_BYTES};
 use holden_orchestrator::machine::{Event, Wanted};
 use holden_proto::VarlinkError;
 use holden_sys::event::{READABLE, WRITABLE};
@@ -251,11 +251,11 @@ impl Supervisor {
             }
             Request::Logs(name, lines) => {
                 let s = self.services.get(&name).ok_or_else(|| ControlError::NoSuchService { name: name.clone() })?;
-                let tail = match &s.log {
-                    Some(l) => l.tail(lines as usize),
+                let (tail, truncated) = match &s.log {
+                    Some(l) => l.tail(lines as usize, MAX_LOG_BYTES),
                     None if Svc::logs_captured(&s.cfg) => {
                         LogFile::open(&self.log_dir, &name, self.cfg.log_max_size, self.cfg.log_keep)
-                            .map(|l| l.tail(lines as usize))
+                            .map(|l| l.tail(lines as usize, MAX_LOG_BYTES))
                             .unwrap_or_default()
                     }
                     None => return Err(ControlError::NoLog { name }),
@@ -263,7 +263,11 @@ impl Supervisor {
                 if more {
                     conn.follow = Some(Follow::Logs(name));
                 }
-                Ok(Some(serde_json::json!({ "lines": tail })))
+                let mut reply = serde_json::json!({ "lines": tail });
+                if truncated {
+                    reply["truncated"] = true.into();
+                }
+                Ok(Some(reply))
             }
             Request::Events => {
                 if !more {

@@ -16,8 +16,14 @@ impl Supervisor {
         match condition {
             Condition::Started => true,
             Condition::Ready => d.m.state == State::Running && d.m.ready,
-            // Recorded as completed by an earlier run: its status is gone, its intent is not.
-            Condition::Completed => d.m.state == State::Exited && matches!(d.m.last_exit, Some(Exit::Code(0)) | None),
+            // Exited 0 by itself: stopped for a failed check (ready_timeout, unhealthy) is no
+            // completion, whatever its exit status. Recorded as completed by an earlier run: its
+            // status is gone, its intent is not.
+            Condition::Completed => {
+                d.m.state == State::Exited
+                    && d.m.last_error.is_none()
+                    && matches!(d.m.last_exit, Some(Exit::Code(0)) | None)
+            }
         }
     }
 
@@ -30,10 +36,16 @@ impl Supervisor {
         if let Some(d) = self.services.get(dep) {
             let hopeless = match d.m.state {
                 State::Failed | State::Stopped => true,
-                State::Exited => terms.condition == Condition::Ready || d.m.last_exit != Some(Exit::Code(0)),
+                State::Exited => {
+                    terms.condition == Condition::Ready
+                        || d.m.last_exit != Some(Exit::Code(0))
+                        || d.m.last_error.is_some()
+                }
                 _ => false,
             };
-            if hopeless {
+            // Not hopeless, but in trouble: why its last run ended (not ready in time, unhealthy).
+            let troubled = d.m.state == State::BackingOff && d.m.last_error.is_some();
+            if hopeless || troubled {
                 why += &format!(" ({dep} is {}", d.m.state.name());
                 if let Some(e) = &d.m.last_error {
                     why += &format!(": {e}");
@@ -92,8 +104,7 @@ impl Supervisor {
                     if let Some(s) = self.services.get_mut(&name) {
                         s.waiting = None;
                     }
-                    let error = "stopped before it started".into();
-                    self.feed(&name, Event::SpawnFailed { error, transient: false });
+                    self.feed(&name, Event::Withdrawn);
                     continue;
                 }
                 match self.unmet(&name) {
@@ -177,11 +188,19 @@ impl Supervisor {
     }
 
     /// What a start of `names` starts: them, and what they depend on that is not up, except a
-    /// dependency that has completed (a oneshot such as a migration is not run again).
+    /// dependency that has completed and that what is started waits for with `completed` only
+    /// (a oneshot such as a migration is not run again; a daemon that exited 0 is started
+    /// again for what needs it started or ready).
     pub(crate) fn to_start(&self, names: &[String]) -> Vec<String> {
-        self.with_dependencies(names)
-            .into_iter()
-            .filter(|n| names.contains(n) || !self.holds(n, Condition::Completed))
+        let all = self.with_dependencies(names);
+        let needs_it_up = |dep: &str| {
+            all.iter()
+                .filter_map(|n| self.services.get(n))
+                .any(|s| s.cfg.dependencies.iter().any(|(d, t)| d == dep && t.condition != Condition::Completed))
+        };
+        all.iter()
+            .filter(|n| names.contains(n) || !self.holds(n, Condition::Completed) || needs_it_up(n))
+            .cloned()
             .collect()
     }
 

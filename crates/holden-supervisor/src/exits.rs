@@ -157,11 +157,18 @@ impl Supervisor {
             });
             match service.map(|(n, _)| n.clone()) {
                 Some(name) => self.check_exit(&name),
-                // A local exec probe: its thread reaps it.
-                None if self.probe_pids.lock().unwrap_or_else(|e| e.into_inner()).contains(&pid) => {}
-                None => {
-                    let _ = process::reap_pid(pid);
-                }
+                None => match self.probe_pids.try_lock() {
+                    // A local exec probe: its thread reaps it.
+                    Ok(probes) if probes.contains(&pid) => {}
+                    Err(std::sync::TryLockError::Poisoned(p)) if p.get_ref().contains(&pid) => {}
+                    // A probe's thread holds the lock while it spawns, until its child has
+                    // exec'd, which a hung file system can make last: this may be that child.
+                    // Never waited for here; tried again when a probe answers.
+                    Err(std::sync::TryLockError::WouldBlock) => self.reap_after_probes = true,
+                    _ => {
+                        let _ = process::reap_pid(pid);
+                    }
+                },
             }
         }
     }

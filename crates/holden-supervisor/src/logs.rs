@@ -8,7 +8,7 @@
 //! appends them with one `write`. Log files are created 0640, whatever the umask.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
@@ -111,26 +111,67 @@ impl LogFile {
         Ok(())
     }
 
-    /// The last `n` lines, from the current file and as many rotated ones as needed.
-    pub fn tail(&self, n: usize) -> Vec<String> {
+    /// The last `n` lines, from the current file and as many rotated ones as needed, as many
+    /// as fit in `budget` bytes written as JSON strings (a `Logs` reply must stay a message of
+    /// the control protocol). Reads only that many bytes from the files' ends, whatever their
+    /// size. Returns the lines, oldest first, and whether older ones were left out for the
+    /// budget.
+    pub fn tail(&self, n: usize, budget: usize) -> (Vec<String>, bool) {
+        // Newest first while collecting.
         let mut out: Vec<String> = Vec::new();
-        if n == 0 {
-            return out;
-        }
+        let mut used = 0;
         let files = std::iter::once(self.path.clone()).chain((1..=self.keep).map(|k| self.rotated(k)));
         for path in files {
-            let Ok(text) = std::fs::read(&path) else { break };
-            let text = String::from_utf8_lossy(&text);
-            let mut lines: Vec<String> = text.lines().rev().take(n - out.len()).map(str::to_owned).collect();
-            lines.reverse();
-            lines.append(&mut out);
-            out = lines;
             if out.len() >= n {
                 break;
             }
+            let Ok(mut f) = File::open(&path) else { break };
+            let Ok(len) = f.metadata().map(|m| m.len()) else { break };
+            // A line costs more as JSON than in the file, so what is left of the budget (and
+            // one byte: the newline before the first whole line) is all that can be needed.
+            let start = len.saturating_sub((budget - used + 1) as u64);
+            let mut raw = Vec::new();
+            if f.seek(io::SeekFrom::Start(start)).and_then(|_| f.read_to_end(&mut raw)).is_err() {
+                break;
+            }
+            let text = String::from_utf8_lossy(&raw);
+            let mut lines: Vec<&str> = text.lines().collect();
+            if start > 0 && !lines.is_empty() {
+                // Cut at the start (maybe mid-character): the rest did not fit.
+                lines.remove(0);
+            }
+            for l in lines.into_iter().rev() {
+                let cost = json_len(l) + 1;
+                if out.len() >= n {
+                    break;
+                }
+                if used + cost > budget {
+                    out.reverse();
+                    return (out, true);
+                }
+                used += cost;
+                out.push(l.to_owned());
+            }
+            if start > 0 && out.len() < n {
+                out.reverse();
+                return (out, true);
+            }
         }
-        out
+        out.reverse();
+        (out, false)
     }
+}
+
+/// The length of `s` as a JSON string, quotes included.
+fn json_len(s: &str) -> usize {
+    2 + s
+        .chars()
+        .map(|c| match c {
+            '"' | '\\' | '\n' | '\r' | '\t' | '\u{8}' | '\u{c}' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        })
+        .sum::<usize>()
 }
 
 /// The read end of a service's stdout or stderr pipe, with its unfinished line.
@@ -301,10 +342,38 @@ mod tests {
         assert!(size(dir.join("svc.log")) <= 1024);
         assert!(size(dir.join("svc.log.1")) > 900 && size(dir.join("svc.log.2")) > 900);
         assert!(!dir.join("svc.log.3").exists());
-        let tail = log.tail(30);
-        assert_eq!(tail.len(), 30);
+        let (tail, cut) = log.tail(30, usize::MAX / 2);
+        assert_eq!((tail.len(), cut), (30, false));
         assert!(tail[29].starts_with("line 0199"), "{:?}", tail[29]);
         assert!(tail[0].starts_with("line 0170"), "{:?}", tail[0]);
+        // Everything there is: fewer than asked, nothing cut.
+        let (all, cut) = log.tail(1000, usize::MAX / 2);
+        assert!(!cut && all.len() < 200 && all[0].starts_with("line 0"), "{}", all.len());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn regression_a_tail_fits_its_budget_as_json_and_says_what_it_left_out() {
+        // Before: `holden logs -n 50000` (or `--since`) asked for more than one reply could
+        // carry, and the CLI refused the reply ("larger than the protocol allows").
+        let dir = std::env::temp_dir().join(format!("holden-logs-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut log = LogFile::open(&dir, "svc", 1 << 20, 3).unwrap();
+        // Quotes and a control character: longer as JSON than in the file.
+        for i in 0..3000 {
+            log.write_chunk(format!("line {i:04} \"{}\" \u{1}\n", "x".repeat(90)).as_bytes()).unwrap();
+        }
+        let budget = 64 * 1024;
+        let (tail, cut) = log.tail(100_000, budget);
+        assert!(cut, "older lines were left out");
+        let json = serde_json::to_string(&tail).unwrap();
+        assert!(json.len() <= budget + 2, "{} bytes as JSON", json.len());
+        assert!(json.len() > budget - 200, "the budget is used: {} bytes", json.len());
+        assert!(tail.last().unwrap().starts_with("line 2999"), "the newest line is there");
+        assert!(tail.iter().all(|l| l.starts_with("line ") && l.ends_with('\u{1}')), "only whole lines");
+        let (few, cut) = log.tail(5, budget);
+        assert_eq!((few.len(), cut), (5, false));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

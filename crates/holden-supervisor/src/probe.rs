@@ -40,7 +40,17 @@ pub(crate) struct Done {
     pub(crate) service: String,
     pub(crate) seq: u64,
     /// Passed, or why not.
-    pub(crate) result: Result<(), String>,
+    pub(crate) result: Result<(), Miss>,
+}
+
+/// Why a probe did not pass.
+#[derive(Debug)]
+pub(crate) enum Miss {
+    /// It failed: it counts against the service.
+    Failed(String),
+    /// The service's agent could not be reached to run it (refused, hung, full): the service
+    /// is not to blame, so it counts neither way (as an unreachable agent's spawns do).
+    NoAnswer(String),
 }
 
 /// Local exec probes' pids: the loop's reaper leaves them to the probe's thread.
@@ -57,8 +67,10 @@ pub(crate) fn start(
         let deadline = Instant::now() + job.timeout;
         let result = match &job.probe {
             Probe::Exec(argv) => exec(&job, argv, deadline, &pids),
-            Probe::Tcp(addr) => in_netns(&job, || connect(*addr, deadline).map(drop)),
-            Probe::Http { addr, host, path } => in_netns(&job, || http(*addr, host, path, deadline)),
+            Probe::Tcp(addr) => in_netns(&job, || connect(*addr, deadline).map(drop)).map_err(Miss::Failed),
+            Probe::Http { addr, host, path } => {
+                in_netns(&job, || http(*addr, host, path, deadline)).map_err(Miss::Failed)
+            }
         };
         let _ = tx.send(Done { service: job.service, seq: job.seq, result });
         let _ = holden_sys::event::write_now(wake.as_fd(), b"p");
@@ -114,7 +126,7 @@ fn http(addr: SocketAddr, host: &str, path: &str, deadline: Instant) -> Result<(
     }
 }
 
-fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Result<(), String> {
+fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Result<(), Miss> {
     let mut cmd = holden::Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(holden::Stdio::null()).stdout(holden::Stdio::null()).stderr(holden::Stdio::null());
     // A group of its own: at the timeout, what it started (sh -c 'curl ...') goes with it.
@@ -133,14 +145,23 @@ fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Resu
     }
     let mut child = match &job.agent {
         Some(socket) => {
-            let mut agent = holden::Agent::connect(socket).map_err(|e| format!("probe through the agent: {e}"))?;
-            agent.set_timeout(left(deadline)?);
-            cmd.spawn_via(&mut agent).map_err(|e| format!("probe through the agent: {e}"))?
+            let miss = |e: holden::Error| {
+                let why = format!("probe through the agent: {e}");
+                if crate::spawn::transient(&e) {
+                    Miss::NoAnswer(why)
+                } else {
+                    Miss::Failed(why)
+                }
+            };
+            let mut agent = holden::Agent::connect(socket).map_err(miss)?;
+            agent.set_timeout(left(deadline).map_err(Miss::Failed)?);
+            cmd.spawn_via(&mut agent).map_err(miss)?
         }
         None => {
-            // Held while spawning, so that the loop's reaper cannot take the child first.
+            // Held while spawning, so that the loop's reaper cannot take the child first (the
+            // reaper only tries the lock: a spawn that hangs never holds the loop up).
             let mut held = pids.lock().unwrap_or_else(|e| e.into_inner());
-            let child = cmd.spawn().map_err(|e| format!("probe: {e}"))?;
+            let child = cmd.spawn().map_err(|e| Miss::Failed(format!("probe: {e}")))?;
             held.insert(child.pid().unwrap_or(0));
             child
         }
@@ -159,16 +180,16 @@ fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Resu
         }
         let _ = child.wait();
         forget(&child);
-        return Err(format!("{} timed out after {:?}; killed", argv[0], job.timeout));
+        return Err(Miss::Failed(format!("{} timed out after {:?}; killed", argv[0], job.timeout)));
     }
-    let status = child.wait().map_err(|e| format!("probe exit: {e}"));
+    let status = child.wait().map_err(|e| Miss::Failed(format!("probe exit: {e}")));
     forget(&child);
     match status? {
         s if s.success() => Ok(()),
-        s => Err(format!(
+        s => Err(Miss::Failed(format!(
             "{} exited with {}",
             argv[0],
             s.code().map_or_else(|| format!("signal {}", s.signal().unwrap_or(0)), |c| format!("code {c}"))
-        )),
+        ))),
     }
 }

@@ -14,7 +14,7 @@ use holden_orchestrator::machine::{Event, State};
 use holden_sys::event::READABLE;
 
 use crate::exits::Proc;
-use crate::probe::{self, Job};
+use crate::probe::{self, Job, Miss};
 use crate::supervisor::{say, Supervisor, Target};
 
 /// The first pause between readiness tries; it doubles up to the probe's interval.
@@ -24,6 +24,9 @@ const FIRST_TRY: Duration = Duration::from_millis(100);
 const GRACE: Duration = Duration::from_secs(1);
 /// How long past that a probe's thread is waited for before checks go on without it.
 const ABANDON: Duration = Duration::from_secs(30);
+
+/// The most entries of an agent's socket directory the sweep of dead notify sockets reads.
+const SWEEP_ENTRIES: usize = 4096;
 
 /// How a process says it is ready, watched by the loop.
 pub(crate) enum Notify {
@@ -46,6 +49,26 @@ impl Drop for Notify {
     fn drop(&mut self) {
         if let Notify::Systemd { file: Some(f), .. } = self {
             let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// Removes the `notify = "systemd"` socket files in an agent's socket directory that nothing
+/// is bound to any more: an orchestrator that was killed left them (one that ends removes its
+/// own). A socket still bound, whichever orchestrator's, takes a connect; a dead one refuses it.
+/// The directory is the container's too: at most [`SWEEP_ENTRIES`] entries are looked at.
+fn sweep_dead_notify_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.take(SWEEP_ENTRIES).flatten() {
+        let name = entry.file_name();
+        let ours = name.to_str().is_some_and(|n| n.starts_with("holden-notify-") && n.ends_with(".sock"));
+        if !ours || !entry.file_type().is_ok_and(|t| t.is_socket()) {
+            continue;
+        }
+        let path = entry.path();
+        let refused = UnixDatagram::unbound().and_then(|s| s.connect(&path));
+        if refused.is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused) {
+            let _ = std::fs::remove_file(&path);
         }
     }
 }
@@ -121,7 +144,7 @@ impl Supervisor {
             match svc.checks.in_flight {
                 Some((seq, at, false)) if at <= now => {
                     svc.checks.in_flight = Some((seq, at, true));
-                    self.checked(&name, Err("no answer in time".into()));
+                    self.checked(&name, Err(Miss::Failed("no answer in time".into())));
                 }
                 // Its thread is stuck (an agent that stopped answering mid-call): given up, so
                 // that checks go on; its late answer, if any, is an old number's.
@@ -181,7 +204,7 @@ impl Supervisor {
             if let Some(svc) = self.services.get_mut(name) {
                 svc.checks.in_flight = None;
             }
-            self.checked(name, Err(format!("cannot start a thread for the probe: {e}")));
+            self.checked(name, Err(Miss::NoAnswer(format!("cannot start a thread for the probe: {e}"))));
         }
     }
 
@@ -203,10 +226,13 @@ impl Supervisor {
                 self.plan_checks(&done.service);
             }
         }
+        if std::mem::take(&mut self.reap_after_probes) {
+            self.reap();
+        }
     }
 
     /// One probe's answer: readiness, or health.
-    fn checked(&mut self, name: &str, result: Result<(), String>) {
+    fn checked(&mut self, name: &str, result: Result<(), Miss>) {
         let now = Instant::now();
         let Some(svc) = self.services.get_mut(name) else { return };
         if svc.m.state != State::Running {
@@ -232,7 +258,8 @@ impl Supervisor {
         match result {
             Ok(()) => self.feed(name, Event::Checked { ok: true }),
             Err(_) if in_start_period => {}
-            Err(e) => {
+            Err(Miss::NoAnswer(e)) => say(&format!("{name}: health check not run (not counted): {e}")),
+            Err(Miss::Failed(e)) => {
                 say(&format!("{name}: health check failed: {e}"));
                 self.feed(name, Event::Checked { ok: false });
             }
@@ -243,7 +270,11 @@ impl Supervisor {
     /// `tag`: in the abstract namespace for a local service; for an agent service, a file in
     /// the agent socket's directory, which its container has (bind-mounted), writable by all
     /// (the sender's credentials are checked). Returns it and the `NOTIFY_SOCKET` value.
-    pub(crate) fn notify_socket(&self, tag: &str, agent_socket: Option<&Path>) -> std::io::Result<(Notify, String)> {
+    pub(crate) fn notify_socket(
+        &mut self,
+        tag: &str,
+        agent_socket: Option<&Path>,
+    ) -> std::io::Result<(Notify, String)> {
         let (sock, value, file) = match agent_socket.and_then(Path::parent) {
             None => {
                 // Not guessable: a local user could otherwise bind the next names first.
@@ -252,6 +283,10 @@ impl Supervisor {
                 (UnixDatagram::bind_addr(&addr)?, format!("@{name}"), None)
             }
             Some(dir) => {
+                // Dead files come from crashes before this run: one sweep per directory will do.
+                if self.notify_swept.insert(dir.to_path_buf()) {
+                    sweep_dead_notify_sockets(dir);
+                }
                 let path = dir.join(format!("holden-notify-{tag}.sock"));
                 let _ = std::fs::remove_file(&path);
                 let sock = UnixDatagram::bind(&path)?;

@@ -45,7 +45,7 @@ pub struct InFlight {
 }
 
 /// A spawn's failure as the state machine sees it: unreachable agents are transient.
-fn transient(e: &holden::Error) -> bool {
+pub(crate) fn transient(e: &holden::Error) -> bool {
     matches!(
         e,
         holden::Error::Connect { .. }

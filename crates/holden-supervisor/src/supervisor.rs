@@ -105,6 +105,11 @@ pub struct Supervisor {
     pub(crate) probe_seq: u64,
     /// Local exec probes' pids, which the reaper leaves alone.
     pub(crate) probe_pids: crate::probe::ProbePids,
+    /// The reaper met a child while a probe was being spawned: it reaps again when a probe
+    /// answers.
+    pub(crate) reap_after_probes: bool,
+    /// Agents' socket directories swept of dead notify sockets this run.
+    pub(crate) notify_swept: std::collections::HashSet<std::path::PathBuf>,
     /// A pass over held services is under way (and another is asked for).
     pub(crate) in_recheck: bool,
     pub(crate) recheck_again: bool,
@@ -246,6 +251,8 @@ impl Supervisor {
             probe_wake: std::sync::Arc::new(probe_wake),
             probe_wake_read,
             probe_pids: Default::default(),
+            reap_after_probes: false,
+            notify_swept: Default::default(),
             probe_seq: 0,
             in_recheck: false,
             recheck_again: false,

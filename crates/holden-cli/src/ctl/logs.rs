@@ -6,41 +6,44 @@
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use holden_orchestrator::control::ServiceStatus;
 
 use super::{field, went_away, Args, Client, Failure};
 
-/// The most lines per service `--since` looks back through.
-const SINCE_LINES: u32 = 10_000;
+/// The most lines per service `--since` looks back through (one reply carries at most
+/// `MAX_LOG_BYTES` of them; the CLI says when older ones in range were left out).
+const SINCE_LINES: u32 = holden_orchestrator::control::MAX_LOG_LINES;
 
-/// `--since`: `30s`, `10m`, `2h`, `1d` ago, or a UTC time `2026-11-27T10:00[:05[.123]][Z]`.
-/// Returns the timestamp prefix to compare log lines with.
+/// `--since`: a duration ago (`30s`, `10m`, `1h30m`, `2d`, as config durations are read), or a
+/// UTC time `2026-11-27T10:00[:05[.123]][Z]`. Returns the timestamp prefix to compare log lines
+/// with.
 pub(super) fn parse_since(v: &str) -> Result<String, String> {
-    let ago = |n: &str, unit: u64| -> Option<Duration> { n.parse::<u64>().ok().map(|n| Duration::from_secs(n * unit)) };
-    let d = match v.char_indices().last() {
-        Some((i, 's')) => ago(&v[..i], 1),
-        Some((i, 'm')) => ago(&v[..i], 60),
-        Some((i, 'h')) => ago(&v[..i], 3600),
-        Some((i, 'd')) => ago(&v[..i], 86_400),
-        _ => None,
-    };
-    if let Some(d) = d {
+    let bad =
+        || format!("--since {v:?}: a duration (30s, 10m, 1h30m, 2d) or a UTC time (2026-11-27T10:00[:05[.123]][Z])");
+    if v.chars().last().is_some_and(|c| c.is_ascii_alphabetic() && c != 'Z') {
+        let d = holden_orchestrator::config::parse_duration(v).map_err(|_| bad())?;
         let then = SystemTime::now().checked_sub(d).ok_or_else(|| format!("--since {v:?} is too far back"))?;
         return Ok(holden_cli::timestamp(then));
     }
-    // A time: the digits and separators of the log's own format, as far as given.
+    // A time: the log's own format, to the minute, second or fraction of it, each field in range.
     let t = v.strip_suffix('Z').unwrap_or(v);
     let shape = "dddd-dd-ddTdd:dd:dd.ddd";
-    let fits = t.len() >= 16
-        && t.len() <= shape.len()
+    let fits = [16, 19, 21, 22, 23].contains(&t.len())
         && t.chars().zip(shape.chars()).all(|(c, s)| match s {
             'd' => c.is_ascii_digit(),
             s => c == s,
         });
-    if !fits {
-        return Err(format!("--since {v:?}: a duration (30s, 10m, 2h, 1d) or a UTC time (2026-11-27T10:00[:05][Z])"));
+    let field = |r: std::ops::Range<usize>| t[r].parse::<u32>().unwrap_or(u32::MAX);
+    let in_range = fits
+        && (1..=12).contains(&field(5..7))
+        && (1..=31).contains(&field(8..10))
+        && field(11..13) < 24
+        && field(14..16) < 60
+        && (t.len() < 19 || field(17..19) < 60);
+    if !in_range {
+        return Err(bad());
     }
     Ok(t.to_owned())
 }
@@ -69,9 +72,12 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
             format!("{name:<width$} | ")
         }
     };
-    // The last lines of each, merged by time, the last N of all (or all since).
+    // The last lines of each, merged by time, the last N of all (or all since, or the last N
+    // of those).
     let mut merged: Vec<(String, usize, String)> = Vec::new();
     let mut followed = Vec::new();
+    // The services whose older lines one reply could not carry, with their oldest line given.
+    let mut cut: Vec<(String, String)> = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let mut conn = Client::connect(a)?;
         let deadline = conn.deadline();
@@ -79,6 +85,9 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
         match conn.recv(Some(deadline)) {
             Ok(Some((p, _))) => {
                 let got: Vec<String> = field(&p, "lines")?;
+                if p.get("truncated").and_then(|t| t.as_bool()) == Some(true) {
+                    cut.push((name.clone(), got.first().cloned().unwrap_or_default()));
+                }
                 merged.extend(got.into_iter().map(|l| (l, i, name.clone())));
                 followed.push((i, name.clone(), conn));
             }
@@ -88,15 +97,33 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
             Err(e) => return Err(e),
         }
     }
+    if followed.is_empty() && a.follow {
+        return Err(Failure::Broken(
+            "holden logs -f: no service captures its output, so there is nothing to follow".into(),
+        ));
+    }
     if let Some(since) = &a.since {
         merged.retain(|(l, ..)| l.as_str() >= since.as_str());
     }
     // By time only, stably: lines of one service keep their order within a millisecond.
     let time = |l: &str| l.split(' ').next().unwrap_or_default().to_owned();
     merged.sort_by_cached_key(|(l, ..)| time(l));
-    if a.since.is_none() {
-        let keep = a.lines.unwrap_or(10) as usize;
-        merged.drain(..merged.len().saturating_sub(keep));
+    if let Some(keep) = a.lines.or(a.since.is_none().then_some(10)) {
+        merged.drain(..merged.len().saturating_sub(keep as usize));
+    }
+    // Said where it matters: lines of a cut service would have been shown.
+    let oldest_shown = merged.first().map(|(l, ..)| time(l));
+    for (name, first) in &cut {
+        let wanted_older = match &a.since {
+            Some(since) => first.as_str() >= since.as_str(),
+            None => oldest_shown.as_deref().is_none_or(|o| time(first).as_str() >= o),
+        };
+        if wanted_older && !(a.since.is_some() && a.lines.is_some_and(|n| merged.len() >= n as usize)) {
+            eprintln!(
+                "holden logs: {name}: older lines were left out (one reply carries at most {} KiB of them; the log files have them all)",
+                holden_orchestrator::control::MAX_LOG_BYTES / 1024
+            );
+        }
     }
     let mut out = std::io::stdout().lock();
     let render = |i: usize, name: &str, l: &str| -> String {
@@ -156,6 +183,11 @@ mod tests {
         assert!(ten_min < now && ten_min.len() == now.len(), "{ten_min} {now}");
         assert_eq!(parse_since("2026-11-27T10:00").unwrap(), "2026-11-27T10:00");
         assert_eq!(parse_since("2026-11-27T10:00:05.123Z").unwrap(), "2026-11-27T10:00:05.123");
+        assert!(parse_since("1h30m").is_ok() && parse_since("2d").is_ok());
+        // Regressions: accepted before, as a string prefix, or wrapped round.
+        for bad in ["2026-11-27T10:00:5", "2026-19-99T99:99", "2026-11-27T24:00", "307445734561825861m"] {
+            assert!(parse_since(bad).is_err(), "{bad:?}");
+        }
         for bad in ["", "10", "10x", "yesterday", "2026-11-27", "2026-11-27 10:00", "2026-11-27T10:00:05.1234"] {
             assert!(parse_since(bad).is_err(), "{bad:?}");
         }

@@ -7,6 +7,7 @@
 //! SIGINT or SIGHUP, and on a panic. `NO_COLOR` turns colours off.
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -88,6 +89,13 @@ impl App {
 
 /// Runs `holden top`.
 pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
+    // The keys are read from stdin and the screen drawn on stdout: both must be the terminal
+    // (not `</dev/null`, a pipe, or ssh without -t).
+    if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
+        return Err(Failure::Broken(
+            "holden top needs a terminal on stdin and stdout (use holden status --watch elsewhere)".into(),
+        ));
+    }
     // Before any thread: the signals that end it arrive on a descriptor, not as a kill.
     let signals = holden_sys::event::SignalFd::new(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP])
         .map_err(|e| Failure::Broken(format!("signalfd: {e}")))?;

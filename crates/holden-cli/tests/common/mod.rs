@@ -3,6 +3,8 @@
 //! nothing it started is left running.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

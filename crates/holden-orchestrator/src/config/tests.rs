@@ -174,6 +174,13 @@ fn bad_readiness_health_and_conditions_are_located_errors() {
         (svc("depends_on = { b = { condition = \"ready\", restart = \"yes\" } }"), 3, "true or false"),
         (svc("depends_on = { ghost = \"ready\" }"), 3, "unknown service \"ghost\""),
         (svc("depends_on = 5"), 3, "list of names or a table"),
+        // Regressions: each was accepted, or refused with a wrong reason.
+        (svc("ready = { tcp = \"127.0.0.1:0\" }"), 3, "from 1 to 65535"),
+        (svc("ready = { tcp = \"::1:80\" }"), 3, "goes in brackets"),
+        (svc("ready = { notify = \"fd\" }\nready_timeout = \"0s\""), 4, "at least 10ms"),
+        (svc("depends_on = { b = { condition = \"completed\", restart = true } }"), 3, "goes with"),
+        (svc("stdout = \"logs\""), 3, "a file's path"),
+        (svc("stderr = \"\""), 3, "a file's path"),
     ];
     for (text, line, needle) in &cases {
         let e = p(text).unwrap_err();
@@ -215,4 +222,70 @@ fn env_files_and_variables_from_the_environment() {
     std::fs::write(&conf, "[services.db]\ncommand = [\"db\"]\nenv_file = \"missing.env\"\n").unwrap();
     assert!(load(&conf).unwrap_err().message.contains("missing.env: No such file"));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn regression_a_duration_past_u64_seconds_is_an_error_not_a_panic() {
+    // Before: Duration::from_secs_f64 panicked, and panic = "abort" took `holden check` (and
+    // a running orchestrator's reload) down with it.
+    for d in ["1e20s", "99999999999999999999s", "1e30ms", "1e300m"] {
+        assert_eq!(parse_duration(d), Err(format!("duration {d:?} is out of range")), "{d}");
+    }
+    let e = p("[services.a]\ncommand = [\"x\"]\nhealth = { exec = [\"true\"], interval = \"1e300s\" }\n").unwrap_err();
+    assert!(e.to_string().contains("out of range"), "{e}");
+}
+
+#[test]
+fn regression_http_probes_of_ipv6_and_a_query_without_a_path() {
+    // Before: "[::1]" split at its last colon ("the port must be a number"), and
+    // "127.0.0.1:8080?x" took "8080?x" as the port.
+    let c = p("[services.a]\ncommand = [\"x\"]\nhealth = { http = \"http://[::1]/healthz\" }\n[services.b]\ncommand = [\"x\"]\nhealth = { http = \"http://127.0.0.1:8080?x=1\" }\n").unwrap();
+    let probe = |n: &str| c.services[n].health.clone().unwrap().probe;
+    assert_eq!(
+        probe("a"),
+        Probe::Http { addr: "[::1]:80".parse().unwrap(), host: "[::1]".into(), path: "/healthz".into() }
+    );
+    assert_eq!(
+        probe("b"),
+        Probe::Http { addr: "127.0.0.1:8080".parse().unwrap(), host: "127.0.0.1:8080".into(), path: "/?x=1".into() }
+    );
+}
+
+#[test]
+fn regression_error_columns_are_the_files_after_interpolation() {
+    // Before: the column was counted in the interpolated text, off by the value's length.
+    let dir = std::env::temp_dir().join(format!("holden-config-cols-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("holden.toml");
+    std::fs::write(
+        &file,
+        "[services.a]\ncommand = [\"x\"]\nbackoff = { initial = \"${HOLDEN_TEST_NO_SUCH_VAR:-100ms}\", max = \"bogus\" }\n",
+    )
+    .unwrap();
+    let e = load(&file).unwrap_err();
+    let col = "backoff = { initial = \"${HOLDEN_TEST_NO_SUCH_VAR:-100ms}\", max = ".len() + 1;
+    assert_eq!((e.line, e.column), (3, col), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn relative_paths_are_the_files_directory_and_the_cli_reads_only_the_socket() {
+    let dir = std::env::temp_dir().join(format!("holden-config-rel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("holden.toml");
+    std::fs::write(
+        &file,
+        "[orchestrator]\ncontrol_socket = \"run/o.sock\"\nstate_dir = \"state\"\n[agents.qm]\nsocket = \"qm.sock\"\n[services.a]\ncommand = [\"${HOLDEN_TEST_ONLY_THE_ORCHESTRATOR_HAS_IT}\"]\nstdout = \"./a.out\"\n",
+    )
+    .unwrap();
+    // The CLI finds the socket although the services' variable is not set here.
+    assert_eq!(control_socket_of(&file).unwrap(), Some(dir.join("run/o.sock")));
+    assert!(load(&file).unwrap_err().message.contains("is not set"));
+    std::fs::write(&file, "[orchestrator]\nstate_dir = \"state\"\n[agents.qm]\nsocket = \"qm.sock\"\n[services.a]\ncommand = [\"x\"]\nstdout = \"./a.out\"\n").unwrap();
+    let c = load(&file).unwrap();
+    assert_eq!(c.state_dir, Some(dir.join("state")));
+    assert_eq!(c.agents["qm"].socket, dir.join("qm.sock"));
+    assert_eq!(c.services["a"].stdout, Output::File(dir.join("./a.out")));
+    assert_eq!(control_socket_of(&file).unwrap(), None);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

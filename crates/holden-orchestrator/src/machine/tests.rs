@@ -332,3 +332,23 @@ fn a_long_healthy_run_then_unhealthy_restarts_at_once_and_a_restart_by_hand_is_n
     }
     assert_eq!(r.at(20_005, Event::Exited(Exit::Signal(15))), [Action::Spawn]);
 }
+
+#[test]
+fn regression_a_start_withdrawn_while_held_counts_nothing_and_is_no_error() {
+    // Before: a held service stopped by hand was fed a failed spawn ("stopped before it
+    // started"): a restart counted that never ran, and an error shown for a plain stop.
+    let mut r = Run::new(Restart::OnFailure);
+    r.at(0, Event::Start);
+    r.at(1, Event::Spawned { pid: 10 });
+    r.at(2, Event::Stop);
+    r.at(3, Event::Exited(Exit::Code(0)));
+    let before = r.s.clone();
+    assert_eq!(r.at(4, Event::Start), [Action::Spawn]);
+    assert_eq!(r.s.restarts, before.restarts + 1, "a start of a service that ran once is a restart");
+    // Held for a dependency, then stopped: the spawn is withdrawn.
+    r.at(5, Event::Stop);
+    assert_eq!(r.at(6, Event::Withdrawn), []);
+    assert_eq!(r.s.state, State::Stopped);
+    assert_eq!((r.s.restarts, r.s.last_error.clone()), (before.restarts, None));
+    assert!(r.s.starts.is_empty(), "the withdrawn start is not counted against the limit");
+}
