@@ -511,8 +511,8 @@ depends_on = {{ db = "ready" }}
 fn regression_a_crash_leaves_no_dead_notify_socket_in_the_agent_directory() {
     let dir = Dir::new("ready-sd-crash");
     let agent = Agent::start(&dir, "box");
+    // Not ready before the crash: its socket file is still there when the orchestrator dies.
     let flag = dir.path("flag");
-    std::fs::write(&flag, "").unwrap();
     let config = format!(
         r#"[agents.box]
 socket = "{socket}"
@@ -535,15 +535,18 @@ restart = "always"
             .count()
     };
     let up = Up::start(&dir, &config);
-    let first = up.wait_for("remote", "ready", |s| s["ready"] == true)["pid"].clone();
+    let first = up.wait_state("remote", "running")["pid"].clone();
+    wait_until("its socket", scaled(Duration::from_secs(5)), || sockets() == 1, String::new);
     up.crash();
     let up = Up::start(&dir, &config);
-    up.wait_for("remote", "adopted and ready", |s| s["ready"] == true && s["pid"] == first);
+    up.wait_for("remote", "adopted", |s| s["state"] == "running" && s["pid"] == first);
     // The next process gets a socket of its own; the killed orchestrator's is dead.
     kill(first.as_i64().unwrap() as i32, 9);
-    up.wait_for("remote", "ready again", |s| s["ready"] == true && s["pid"] != first);
-    // Before: the dead socket file of the killed orchestrator stayed for good.
-    assert_eq!(sockets(), 1, "one socket file, the live one\n{}", up.output());
+    up.wait_for("remote", "running again", |s| s["state"] == "running" && s["pid"] != first);
+    std::fs::write(&flag, "").unwrap();
+    up.wait_for("remote", "ready", |s| s["ready"] == true);
+    // The new process's socket is removed once it said READY=1. Before: the dead socket file
+    // of the killed orchestrator stayed for good.
+    assert_eq!(sockets(), 0, "no socket file left\n{}", up.output());
     up.stop(&dir, &[agent.pid()]);
-    assert_eq!(sockets(), 0, "none after the stop");
 }
