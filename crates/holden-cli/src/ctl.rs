@@ -297,11 +297,16 @@ fn run(cmd: &str, a: &Args) -> Result<ExitCode, Failure> {
             let r: ReloadReply = serde_json::from_value(Value::Object(c.call("Reload", serde_json::json!({}))?))
                 .map_err(|e| Failure::Broken(format!("malformed reply: {e}")))?;
             if a.json {
-                println!("{}", serde_json::to_string(&r).expect("plain struct"));
+                out_line(&serde_json::to_string(&r).expect("plain struct"));
                 return Ok(ExitCode::SUCCESS);
             }
             let list = |v: &[String]| if v.is_empty() { "-".to_string() } else { v.join(", ") };
-            println!("added: {}\nremoved: {}\nchanged: {}", list(&r.added), list(&r.removed), list(&r.changed));
+            out_line(&format!(
+                "added: {}\nremoved: {}\nchanged: {}",
+                list(&r.added),
+                list(&r.removed),
+                list(&r.changed)
+            ));
         }
         "events" => {
             // Events replies only when something changes: a List first shows, within the
@@ -346,6 +351,16 @@ fn event_line(e: &StateChange) -> String {
         l += &format!(" (error: {err})");
     }
     l
+}
+
+/// Prints a line on stdout; a reader that went away (`| head -0`) is not a crash, nor an error.
+fn out_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = writeln!(out, "{line}").and_then(|()| out.flush()) {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("holden: write: {e}");
+        }
+    }
 }
 
 fn went_away() -> Failure {
@@ -501,7 +516,7 @@ pub fn check(file: Option<PathBuf>, json: bool) -> ExitCode {
         Ok(c) if json => {
             let order = config::start_order(&c.services);
             let agents: Vec<&String> = c.agents.keys().collect();
-            println!("{}", serde_json::json!({ "file": file, "ok": true, "services": order, "agents": agents }));
+            out_line(&serde_json::json!({ "file": file, "ok": true, "services": order, "agents": agents }).to_string());
             ExitCode::SUCCESS
         }
         Err(e) if json => {
@@ -510,18 +525,18 @@ pub fn check(file: Option<PathBuf>, json: bool) -> ExitCode {
                 _ => (None, None),
             };
             let v = serde_json::json!({ "file": file, "ok": false, "line": line, "column": column, "error": e.to_string() });
-            println!("{v}");
+            out_line(&v.to_string());
             ExitCode::from(1)
         }
         Ok(c) => {
             let order = config::start_order(&c.services);
-            println!(
+            out_line(&format!(
                 "{}: ok: {} services ({}), {} agents",
                 file.display(),
                 order.len(),
                 order.join(", "),
                 c.agents.len()
-            );
+            ));
             ExitCode::SUCCESS
         }
         Err(e) => {

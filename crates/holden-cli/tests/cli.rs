@@ -407,7 +407,7 @@ command = ["sh", "-c", "seq 12000 | sed 's/^/line /; s/$/ 0000000000000000000000
         "every line logged",
         scaled(Duration::from_secs(30)),
         || std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" stdout last")),
-        || String::new(),
+        String::new,
     );
     let out = up.cli(&["logs", "-n", "50000", "big"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -437,5 +437,29 @@ fn regression_logs_follow_with_nothing_to_follow_says_so() {
     let out = up.cli(&["logs", "-f"]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("nothing to follow"), "{}", stderr(&out));
+    up.stop(&dir, &[]);
+}
+
+#[test]
+fn regression_top_without_a_terminal_and_output_to_a_closed_pipe() {
+    let dir = Dir::new("no-tty");
+    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1036\"]\n");
+    // Before: with stdin /dev/null it redrew at full CPU for ever (or panicked with no
+    // terminal at all); now it says what it needs.
+    let (out, _) = run_with_deadline(
+        Command::new(HOLDEN).args(["top", "--control-socket"]).arg(&up.socket),
+        scaled(Duration::from_secs(5)),
+    );
+    let out = out.expect("holden top without a terminal ends at once");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs a terminal"), "{}", stderr(&out));
+    // Before: `println!` to a reader that is gone panicked (exit 101, or 134 with abort).
+    for args in [&["check", "--json", "-c"][..], &["reload", "--control-socket"][..]] {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let target = if args[0] == "check" { &up.config } else { &up.socket };
+        let out = run_short(Command::new(HOLDEN).args(args).arg(target).stdout(writer));
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+    }
     up.stop(&dir, &[]);
 }

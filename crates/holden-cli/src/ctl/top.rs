@@ -93,7 +93,7 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
     // (not `</dev/null`, a pipe, or ssh without -t).
     if !std::io::stdin().is_terminal() || !std::io::stdout().is_terminal() {
         return Err(Failure::Broken(
-            "holden top needs a terminal on stdin and stdout (use holden status --watch elsewhere)".into(),
+            "it needs a terminal on stdin and stdout (elsewhere, holden status --watch)".into(),
         ));
     }
     // Before any thread: the signals that end it arrive on a descriptor, not as a kill.
