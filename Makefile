@@ -43,7 +43,7 @@ install:
 	install -D -m 644 dist/holden.toml $(DESTDIR)$(PREFIX)/share/doc/holden/holden.toml.example
 	mkdir -p $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/bash-completion/completions \
 		$(DESTDIR)$(PREFIX)/share/zsh/site-functions $(DESTDIR)$(PREFIX)/share/fish/vendor_completions.d
-	for p in $$(target/release/holden man --list); do \
+	pages=$$(target/release/holden man --list) && [ -n "$$pages" ] && for p in $$pages; do \
 		target/release/holden man $$p > $(DESTDIR)$(PREFIX)/share/man/man1/$$p.1 || exit 1; \
 	done
 	target/release/holden completions bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/holden

@@ -1,465 +1,268 @@
-//! The command line against a running `holden up`: every command, logs, `--json`, `--watch`
-//! and how the CLI finds its orchestrator. Real processes. Needs root.
+//! The command-line programs against a real agent: `holden exec`, `pidfd_monitor`, `make all`.
+//! Needs root, like the agent's own tests.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use holden_cli::children_of;
 
-#[test]
-fn logs_are_captured_timestamped_rotated_and_followed() {
-    let dir = Dir::new("logs");
-    let up = Up::start(
-        &dir,
-        r#"log_max_size = 16384
-log_keep = 2
+const HOLDEN: &str = env!("CARGO_BIN_EXE_holden");
+const MONITOR: &str = env!("CARGO_BIN_EXE_pidfd_monitor");
 
-[services.chatty]
-command = ["sh", "-c", "i=0; while [ $i -lt 600 ]; do echo \"line $i $(printf '%080d' 0)\"; i=$((i+1)); done; echo to-stderr >&2; exec sleep 1000"]
-"#,
-    );
-    let logs = dir.path("state/logs");
-    let deadline = Instant::now() + scaled(Duration::from_secs(10));
-    loop {
-        // stdout and stderr are two pipes, read in turn: the stderr line may come before the
-        // last stdout lines (under emulation, it did).
-        let text = std::fs::read_to_string(logs.join("chatty.log")).unwrap_or_default();
-        if text.contains("to-stderr") && text.contains(" line 599 ") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the log never got the last lines");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let size = |n: &str| std::fs::metadata(logs.join(n)).map(|m| m.len()).unwrap_or(0);
-    assert!(size("chatty.log") <= 16384 && size("chatty.log.1") > 15000 && size("chatty.log.2") > 15000);
-    assert!(!logs.join("chatty.log.3").exists(), "only log_keep = 2 rotated files are kept");
-
-    let out = up.cli(&["logs", "-n", "3", "chatty"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let text = stdout(&out);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), 3, "{text}");
-    assert!(lines[1].contains(" stdout line 599 "), "{text}");
-    assert!(lines[2].ends_with(" stderr to-stderr"), "{text}");
-    assert!(lines[2].starts_with("20") && lines[2].as_bytes()[10] == b'T', "timestamped: {text}");
-
-    // -f follows new output: a kill -s USR1 makes no output, so restart and watch the new run.
-    let mut follow = Command::new(HOLDEN)
-        .args(["logs", "-f", "-n", "0", "chatty", "--control-socket"])
-        .arg(&up.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-    assert!(up.cli(&["restart", "chatty"]).status.success());
-    let mut reader = BufReader::new(follow.stdout.take().unwrap());
-    let mut first = String::new();
-    reader.read_line(&mut first).unwrap();
-    assert!(first.contains(" stdout line 0 "), "{first}");
-    kill(follow.id() as i32, 15);
-    let _ = follow.wait();
-    up.stop(&dir, &[]);
+struct Agent {
+    proc: Child,
+    dir: PathBuf,
+    socket: PathBuf,
 }
 
-#[test]
-fn every_command_against_a_running_orchestrator() {
-    let dir = Dir::new("cli");
-    let up = Up::start(
-        &dir,
-        r#"
-[services.a]
-command = ["sh", "-c", "trap 'echo got USR1' USR1; echo hello; while :; do sleep 0.05; done"]
-[services.b]
-command = ["sleep", "1000"]
-kill_mode = "group"
-"#,
-    );
-    let a = up.wait_state("a", "running")["pid"].as_i64().unwrap();
-    let b = up.wait_state("b", "running")["pid"].as_i64().unwrap();
-
-    let out = up.cli(&["status"]);
-    let text = stdout(&out);
-    assert!(out.status.success());
-    assert!(text.starts_with("NAME  STATE    READY/HEALTH  PID"), "{text}");
-    assert!(text.lines().nth(1).unwrap().starts_with(&format!("a     running  ready         {a}")), "{text}");
-    assert!(text.contains("(local)"));
-    let one: serde_json::Value = serde_json::from_slice(&up.cli(&["status", "--json", "b"]).stdout).unwrap();
-    assert_eq!(one[0]["name"], "b");
-    for key in ["name", "state", "pid", "restarts", "last_exit"] {
-        assert!(one[0].get(key).is_some(), "--json lacks {key}");
-    }
-
-    // events: every state change, as it happens.
-    let mut events = Command::new(HOLDEN)
-        .args(["events", "--control-socket"])
-        .arg(&up.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
-
-    assert!(up.cli(&["stop", "b"]).status.success());
-    assert_eq!(up.wait_state("b", "stopped")["pid"], serde_json::Value::Null);
-    // The group was signalled with PIDFD_SIGNAL_PROCESS_GROUP where the kernel has it (6.9+),
-    // else with kill(-pgid) (`make vm-test` runs 6.1).
-    let how = if holden_sys::process::probe_features().pidfd_signal_group {
-        "through its leader's pidfd".to_string()
-    } else {
-        format!("with kill(-{b})")
-    };
-    let line = format!("b: SIGTERM to process group {b} {how}");
-    assert!(up.output().contains(&line), "no {line:?} in\n{}", up.output());
-    assert!(up.cli(&["start", "b"]).status.success());
-    up.wait_state("b", "running");
-    let out = up.cli(&["restart", "a"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let a2 = up.wait_for("a", "restarted", |s| s["state"] == "running" && s["pid"].as_i64() != Some(a));
-    assert_eq!(a2["restarts"].as_u64(), Some(1));
-
-    let mut reader = BufReader::new(events.stdout.take().unwrap());
-    let mut seen = Vec::new();
-    while seen.len() < 7 {
-        let mut l = String::new();
-        reader.read_line(&mut l).unwrap();
-        seen.push(l.split_whitespace().skip(1).take(2).collect::<Vec<_>>().join(" "));
-    }
-    assert_eq!(seen, ["b stopping", "b stopped", "b starting", "b running", "a stopping", "a starting", "a running"]);
-    kill(events.id() as i32, 15);
-    let _ = events.wait();
-
-    std::thread::sleep(Duration::from_millis(100));
-    assert!(up.cli(&["kill", "-s", "USR1", "a"]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let logs = stdout(&up.cli(&["logs", "a"]));
-        if logs.contains("stdout got USR1") {
-            assert!(logs.contains("stdout hello"));
-            break;
-        }
-        assert!(Instant::now() < deadline, "USR1 never reached a: {logs}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(up.cli(&["kill", "b"]).status.success(), "SIGTERM to b's group");
-    up.wait_for("b", "restarted after SIGTERM", |s| s["last_exit"] == "signal SIGTERM" && s["state"] == "running");
-
-    // Errors: exit 1 for what the orchestrator refuses, 2 for usage, 3 when nobody answers.
-    let out = up.cli(&["stop", "ghost"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("no such service: ghost"), "{}", stderr(&out));
-    up.cli(&["stop", "b"]);
-    up.wait_state("b", "stopped");
-    let out = up.cli(&["kill", "b"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("service b is not running"));
-    assert_eq!(up.cli(&["start"]).status.code(), Some(2));
-    assert_eq!(up.cli(&["kill", "-s", "SIGNOPE", "a"]).status.code(), Some(2));
-    let out = Command::new(HOLDEN).args(["status", "--control-socket"]).arg(dir.path("nothing.sock")).output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
-    assert!(stderr(&out).contains("connect to orchestrator at"), "{}", stderr(&out));
-    for cmd in ["up", "status", "start", "stop", "restart", "kill", "logs", "events", "reload", "check"] {
-        let out = Command::new(HOLDEN).args([cmd, "--help"]).output().unwrap();
-        assert!(out.status.success() && stdout(&out).contains("Usage: holden"), "{cmd} --help");
-    }
-
-    // check validates without running anything.
-    let out = Command::new(HOLDEN).args(["check", "-c"]).arg(&up.config).output().unwrap();
-    assert!(out.status.success());
-    assert!(stdout(&out).contains("ok: 2 services (a, b)"), "{}", stdout(&out));
-    std::fs::write(dir.path("bad.toml"), "[services.x]\ncommand = [\"x\"]\nrestart = \"sometimes\"\n").unwrap();
-    let out = Command::new(HOLDEN).args(["check", "-c"]).arg(dir.path("bad.toml")).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("bad.toml:3:11: unknown variant"), "{}", stderr(&out));
-    // holden up refuses a bad file with its place, and a missing one.
-    let out = Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("bad.toml")).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("bad.toml:3:11: unknown variant"), "{}", stderr(&out));
-    let out = Command::new(HOLDEN).args(["up", "-c"]).arg(dir.path("missing.toml")).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("missing.toml:1:1: cannot read the file"), "{}", stderr(&out));
-    assert_eq!(Command::new(HOLDEN).args(["up", "--bogus"]).output().unwrap().status.code(), Some(2));
-    // A second orchestrator on the same socket refuses to start.
-    let out = Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("another orchestrator is already listening"), "{}", stderr(&out));
-    // So does one on another socket but the same state directory: two would adopt and sweep
-    // each other's processes.
-    let other = dir.path("other.sock");
-    let out =
-        Command::new(HOLDEN).args(["up", "-c"]).arg(&up.config).arg("--control-socket").arg(&other).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("uses the state directory"), "{}", stderr(&out));
-    assert!(!other.exists(), "the refused orchestrator left its socket behind");
-    up.stop(&dir, &[]);
-}
-
-#[test]
-fn regression_followers_fail_when_the_orchestrator_goes_away() {
-    let dir = Dir::new("followers");
-    let up = Up::start(&dir, "[services.s]\ncommand = [\"sh\", \"-c\", \"echo hello; exec sleep 1000\"]\n");
-    up.wait_state("s", "running");
-    let follow = |args: &[&str]| {
-        Command::new(HOLDEN)
-            .args(args)
-            .arg("--control-socket")
-            .arg(&up.socket)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+impl Agent {
+    /// `holden agent`: the same code as holden-agent.
+    fn start() -> Agent {
+        assert_eq!(holden_sys::fd::geteuid(), 0, "these tests need root");
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("holden-cli-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("agent.sock");
+        let proc = Command::new(HOLDEN)
+            .args(["agent", "--log-level", "warn", "--socket"])
+            .arg(&socket)
+            .stdin(Stdio::null())
             .spawn()
-            .unwrap()
-    };
-    let logs = follow(&["logs", "-f", "s"]);
-    let events = follow(&["events"]);
-    std::thread::sleep(scaled(Duration::from_millis(300)));
-    let pid = up.pid();
-    up.crash();
-    for (what, child) in [("logs -f", logs), ("events", events)] {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(3), "{what}: it used to end 0 as if all was well");
-        assert!(stderr(&out).contains("the orchestrator went away"), "{what}: {}", stderr(&out));
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&socket).is_err() {
+            assert!(Instant::now() < deadline, "agent did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Agent { proc, dir, socket }
     }
-    assert!(!alive(pid));
-}
 
-#[test]
-fn logs_of_every_service_interleave_by_time_with_their_names() {
-    let dir = Dir::new("logs-all");
-    let up = Up::start(
-        &dir,
-        r#"
-[services.alpha]
-command = ["sh", "-c", "echo a1; sleep 0.4; echo a2; sleep 0.4; echo a3; exec sleep 1000"]
-
-[services.beta]
-command = ["sh", "-c", "sleep 0.2; echo b1; sleep 0.4; echo b2; exec sleep 1000"]
-
-[services.quiet]
-command = ["sleep", "1000"]
-stdout = "null"
-stderr = "null"
-"#,
-    );
-    let logs = |args: &[&str]| {
-        let out = up.cli(&[&["logs"], args].concat());
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        stdout(&out)
-    };
-    wait_until("five lines", scaled(Duration::from_secs(5)), || logs(&[]).lines().count() == 5, || logs(&[]));
-    // No name: every service with a log (quiet has none), by time, each line named.
-    let all = logs(&[]);
-    let order: Vec<&str> = all.lines().map(|l| l.rsplit(' ').next().unwrap()).collect();
-    assert_eq!(order, ["a1", "b1", "a2", "b2", "a3"], "{all}");
-    assert!(all.lines().all(|l| l.starts_with("alpha | ") || l.starts_with("beta  | ")), "{all}");
-    // -n counts them all; several names likewise; one name is as it always was.
-    assert_eq!(logs(&["-n", "2"]).lines().count(), 2);
-    assert_eq!(
-        logs(&["alpha", "beta", "-n", "3"]).lines().map(|l| &l[..5]).collect::<Vec<_>>(),
-        ["alpha", "beta ", "alpha"]
-    );
-    assert!(logs(&["beta"]).lines().all(|l| l.contains(" stdout b")), "{}", logs(&["beta"]));
-    // --since: a duration ago, or a time.
-    assert_eq!(logs(&["--since", "1h"]).lines().count(), 5);
-    assert_eq!(logs(&["--since", "2099-01-01T00:00"]), "");
-    let bad = up.cli(&["logs", "--since", "yesterday"]);
-    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
-    // A named service without a log is an error, as before.
-    assert_eq!(up.cli(&["logs", "quiet"]).status.code(), Some(1));
-    // -f with two names: new lines of both, named.
-    let mut follow = Command::new(HOLDEN)
-        .args(["logs", "-f", "-n", "0", "alpha", "beta", "--control-socket"])
-        .arg(&up.socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(follow.stdout.take().unwrap()).lines();
-    std::thread::sleep(scaled(Duration::from_millis(200)));
-    assert!(up.cli(&["restart", "beta"]).status.success());
-    let first = lines.next().unwrap().unwrap();
-    assert!(first.starts_with("beta  | ") && first.ends_with(" stdout b1"), "{first}");
-    kill(follow.id() as i32, 15);
-    follow.wait().unwrap();
-    up.stop(&dir, &[]);
-}
-
-#[test]
-fn commands_find_the_orchestrator_without_flags_and_say_where_they_looked() {
-    use std::os::unix::process::CommandExt;
-    let dir = Dir::new("discover");
-    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1000\"]\n");
-    up.wait_state("s", "running");
-    let holden = |cwd: &std::path::Path, env: &[(&str, &std::path::Path)]| {
+    fn exec(&self, args: &[&str]) -> Command {
         let mut c = Command::new(HOLDEN);
-        c.arg("status").current_dir(cwd).env_remove("HOLDEN_CONFIG").env_remove("HOLDEN_CONTROL_SOCKET");
-        for (k, v) in env {
-            c.env(k, v);
+        c.arg("exec").arg("--agent").arg(&self.socket).arg("--").args(args);
+        c
+    }
+
+    fn children(&self) -> Vec<i32> {
+        children_of(self.proc.id() as i32)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        kill(self.proc.id() as i32, 15);
+        let _ = self.proc.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops a process when dropped, so a failing test leaves nothing running.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            kill(self.0.id() as i32, 2);
+            let _ = self.0.wait();
         }
-        run_short(&mut c)
-    };
-    // ./holden.toml, then $HOLDEN_CONFIG: its control_socket.
-    let here = holden(&dir.0, &[]);
-    assert!(here.status.success() && stdout(&here).contains("s     running"), "{}", stderr(&here));
-    let elsewhere = std::env::temp_dir();
-    let via_env = holden(&elsewhere, &[("HOLDEN_CONFIG", &up.config)]);
-    assert!(via_env.status.success(), "{}", stderr(&via_env));
-    // Nothing answers: which socket, chosen how, and what to do.
-    let gone = dir.path("gone.sock");
-    let none = holden(&elsewhere, &[("HOLDEN_CONTROL_SOCKET", &gone)]);
-    assert_eq!(none.status.code(), Some(3));
-    let err = stderr(&none);
-    assert!(err.contains(&gone.display().to_string()) && err.contains("chosen by $HOLDEN_CONTROL_SOCKET"), "{err}");
-    assert!(err.contains("start one with `holden up`"), "{err}");
-    // Not allowed to connect is not "no orchestrator" (regression: exit 3 for both).
-    std::fs::set_permissions(&up.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let denied =
-        run_short(Command::new(HOLDEN).args(["status", "--control-socket"]).arg(&up.socket).uid(65534).gid(65534));
-    assert_eq!(denied.status.code(), Some(1), "{}", stderr(&denied));
-    assert!(stderr(&denied).contains("not allowed to connect"), "{}", stderr(&denied));
-    up.stop(&dir, &[]);
+    }
+}
+
+fn kill(pid: i32, sig: i32) {
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
+}
+
+fn assert_no_children(agent: &Agent) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.children().is_empty() {
+        assert!(Instant::now() < deadline, "agent still has children: {:?}", agent.children());
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
-fn status_watch_prints_a_table_every_second_until_the_orchestrator_goes_away() {
-    let dir = Dir::new("watch");
-    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1000\"]\n");
-    up.wait_state("s", "running");
-    let mut watch = Command::new(HOLDEN)
-        .args(["status", "--watch", "--control-socket"])
-        .arg(&up.socket)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+fn exec_passes_output_and_exit_code_through() {
+    let agent = Agent::start();
+    let out = agent.exec(&["sh", "-c", "echo out; echo err >&2; exit 7"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(7));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert_eq!(agent.exec(&["false"]).status().unwrap().code(), Some(1));
+    assert_eq!(agent.exec(&["true"]).status().unwrap().code(), Some(0));
+    assert_eq!(agent.exec(&["sh", "-c", "kill -9 $$"]).status().unwrap().code(), Some(128 + 9));
+    // Without --env the variable is unset: the agent's own environment applies.
+    let out = agent.exec(&["sh", "-c", "echo \"${GREETING-unset}\""]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "unset\n");
+    let mut c = Command::new(HOLDEN);
+    c.args(["exec", "--env", "GREETING=hi", "--cwd", "/tmp", "--agent"]).arg(&agent.socket);
+    let out = c.args(["sh", "-c", "echo \"$GREETING\"; pwd"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n/tmp\n");
+    assert_no_children(&agent);
+}
+
+#[test]
+fn exec_failures_have_distinct_documented_codes() {
+    let agent = Agent::start();
+    let out = agent.exec(&["holden-no-such-program"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such file or directory"));
+    let file = agent.dir.join("plain-file");
+    std::fs::write(&file, "not a program").unwrap();
+    let out = agent.exec(&[file.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    let out = Command::new(HOLDEN)
+        .args(["exec", "--cwd", "/nonexistent", "--agent"])
+        .arg(&agent.socket)
+        .arg("true")
+        .output()
         .unwrap();
-    let mut lines = BufReader::new(watch.stdout.take().unwrap()).lines();
-    let mut tables = 0;
-    while tables < 2 {
-        let l = lines.next().unwrap().unwrap();
-        if l.starts_with("NAME ") {
-            tables += 1;
-        } else {
-            assert!(l.starts_with("20") || l.starts_with("s "), "{l}");
-        }
-    }
-    up.crash();
-    let out = watch.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(126));
+    let out = Command::new(HOLDEN).args(["exec", "--agent", "/nonexistent/agent.sock", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connect to agent at /nonexistent/agent.sock"));
+    let out = Command::new(HOLDEN).args(["exec"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    let help = Command::new(HOLDEN).args(["exec", "--help"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("127  the command was not found"));
+    assert_no_children(&agent);
 }
 
 #[test]
-fn json_on_every_command_that_prints_data() {
-    let dir = Dir::new("json");
-    let agent = Agent::start(&dir, "agent");
-    let up = Up::start(&dir, "[services.s]\ncommand = [\"sh\", \"-c\", \"echo one; exec sleep 1000\"]\n");
-    up.wait_state("s", "running");
-    let json = |out: std::process::Output| -> Vec<serde_json::Value> {
-        assert!(out.status.success(), "{}", stderr(&out));
-        stdout(&out).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"))).collect()
-    };
-    wait_until(
-        "a log line",
-        scaled(Duration::from_secs(5)),
-        || stdout(&up.cli(&["logs", "s"])).contains("one"),
-        String::new,
+fn exec_stdin_reaches_the_child() {
+    let agent = Agent::start();
+    let mut p = agent.exec(&["tr", "a-z", "A-Z"]).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+    p.stdin.take().unwrap().write_all(b"piped through holden exec\n").unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED THROUGH HOLDEN EXEC\n");
+}
+
+#[test]
+fn exec_forwards_signals_to_the_child() {
+    let agent = Agent::start();
+    for (sig, name) in [(15, "TERM"), (2, "INT"), (1, "HUP")] {
+        let script = format!("trap 'echo got {name}; exit 42' {name}; echo ready; while :; do sleep 0.05; done");
+        let mut p = agent.exec(&["sh", "-c", &script]).stdout(Stdio::piped()).spawn().unwrap();
+        let mut lines = BufReader::new(p.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        kill(p.id() as i32, sig);
+        assert_eq!(lines.next().unwrap().unwrap(), format!("got {name}"));
+        assert_eq!(p.wait().unwrap().code(), Some(42), "{name}");
+    }
+    assert_no_children(&agent);
+}
+
+#[test]
+fn pidfd_monitor_restarts_both_commands_and_stops_cleanly() {
+    let agent = Agent::start();
+    let mut mon = Killed(
+        Command::new(MONITOR)
+            .args(["sleep 0.2", "sh -c 'sleep 0.3; exit 2'"])
+            .env("HOLDEN_SOCKET_PATH", &agent.socket)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
     );
-    let lines = json(up.cli(&["logs", "--json", "s"]));
-    assert_eq!(
-        (&lines[0]["service"], &lines[0]["stream"], &lines[0]["text"]),
-        (&"s".into(), &"stdout".into(), &"one".into())
-    );
-    assert!(lines[0]["time"].as_str().unwrap().ends_with('Z'));
-    let r = json(up.cli(&["reload", "--json"]));
-    assert_eq!(r[0], serde_json::json!({ "added": [], "removed": [], "changed": [] }));
-    let c = json(run_short(Command::new(HOLDEN).args(["check", "--json", "-c"]).arg(&up.config)));
-    assert_eq!((&c[0]["ok"], &c[0]["services"]), (&true.into(), &serde_json::json!(["s"])));
-    let bad = dir.path("bad.toml");
-    std::fs::write(&bad, "[services.a]\ncommand = []\n").unwrap();
-    let out = run_short(Command::new(HOLDEN).args(["check", "--json", "-c"]).arg(&bad));
+    let mon = &mut mon.0;
+    let stdout = mon.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || BufReader::new(stdout).lines().map(Result::unwrap).collect::<Vec<_>>());
+    std::thread::sleep(Duration::from_secs(3));
+    let during = children_of(mon.id() as i32);
+    kill(mon.id() as i32, 2);
+    let status = mon.wait().unwrap();
+    let lines = reader.join().unwrap();
+    let text = lines.join("\n");
+    assert!(status.success(), "{status:?}\n{text}");
+    let count = |pat: &str| lines.iter().filter(|l| l.contains(pat)).count();
+    assert!(count("local: started") >= 3, "{text}");
+    assert!(count("agent: started") >= 3, "{text}");
+    assert!(count("exited with code 0") >= 2 && count("exited with code 2") >= 2, "{text}");
+    assert!(lines.iter().all(|l| l.starts_with("[20")), "every line is timestamped:\n{text}");
+    assert!(text.contains("restarting in 200 ms"), "the delay grows:\n{text}");
+    // Nothing is left: not the local child, not the agent's.
+    for pid in during {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "local child {pid} left behind");
+    }
+    assert_no_children(&agent);
+}
+
+#[test]
+fn pidfd_monitor_reports_an_unreachable_agent_and_a_bad_command() {
+    let out =
+        Command::new(MONITOR).args(["true", "true"]).env("HOLDEN_SOCKET_PATH", "/nonexistent/a.sock").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_str(stdout(&out).trim()).unwrap();
-    assert_eq!((&v["ok"], &v["line"], &v["column"]), (&false.into(), &2.into(), &11.into()));
-    let agent_json = |cmd: &str| {
-        let out = run_short(Command::new(HOLDEN).args([cmd, "--json", "--agent"]).arg(&agent.socket));
-        assert!(out.status.success(), "{}", stderr(&out));
-        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap()
-    };
-    assert!(agent_json("ping")["answered_us"].is_u64());
-    let info = agent_json("info");
-    assert!(info["version"].is_string() && info["features"]["clone_pidfd"].is_boolean(), "{info}");
-    up.stop(&dir, &[agent.pid()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("connect to agent at /nonexistent/a.sock"));
+    let agent = Agent::start();
+    let out = Command::new(MONITOR)
+        .args(["sleep 5", "holden-no-such-program"])
+        .env("HOLDEN_SOCKET_PATH", &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot start") && err.contains("no such file"), "{err}");
+    let out = Command::new(MONITOR).args(["echo 'unterminated", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_no_children(&agent);
 }
 
 #[test]
-fn regression_logs_larger_than_one_reply_are_cut_and_said_so() {
-    // Before: `holden logs -n 50000` and `--since` asked for more than one reply could carry
-    // and failed ("reply larger than the protocol allows"), whatever the time range.
-    let dir = Dir::new("logs-big");
-    let up = Up::start(
-        &dir,
-        r#"log_max_size = 4194304
-
-[services.big]
-command = ["sh", "-c", "seq 12000 | sed 's/^/line /; s/$/ 000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000/'; echo last; exec sleep 1034"]
-"#,
-    );
-    let log = dir.path("state/logs/big.log");
-    wait_until(
-        "every line logged",
-        scaled(Duration::from_secs(30)),
-        || std::fs::read_to_string(&log).is_ok_and(|t| t.contains(" stdout last")),
-        String::new,
-    );
-    let out = up.cli(&["logs", "-n", "50000", "big"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("big: older lines were left out"), "{}", stderr(&out));
-    let text = stdout(&out);
-    assert!(text.len() < 600 * 1024 && text.lines().count() > 3000, "{} bytes", text.len());
-    assert!(text.lines().last().unwrap().ends_with(" stdout last"));
-    // Every line is newer than a minute ago: the cut is in range, and said.
-    let out = up.cli(&["logs", "--since", "1m"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("older lines were left out"), "{}", stderr(&out));
-    // The last 5 since then: nothing left out that would be shown.
-    let out = up.cli(&["logs", "--since", "1m", "-n", "5", "big"]);
-    assert_eq!((stdout(&out).lines().count(), stderr(&out)), (5, String::new()));
-    // A few lines: all there, nothing said.
-    let out = up.cli(&["logs", "-n", "10", "big"]);
-    assert_eq!((stdout(&out).lines().count(), stderr(&out)), (10, String::new()));
-    up.stop(&dir, &[]);
-}
-
-#[test]
-fn regression_logs_follow_with_nothing_to_follow_says_so() {
-    // Before: it exited 3, "the orchestrator went away", with the orchestrator fine.
-    let dir = Dir::new("logs-none");
-    let up =
-        Up::start(&dir, "[services.quiet]\ncommand = [\"sleep\", \"1035\"]\nstdout = \"null\"\nstderr = \"null\"\n");
-    let out = up.cli(&["logs", "-f"]);
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("nothing to follow"), "{}", stderr(&out));
-    up.stop(&dir, &[]);
-}
-
-#[test]
-fn regression_top_without_a_terminal_and_output_to_a_closed_pipe() {
-    let dir = Dir::new("no-tty");
-    let up = Up::start(&dir, "[services.s]\ncommand = [\"sleep\", \"1036\"]\n");
-    // Before: with stdin /dev/null it redrew at full CPU for ever (or panicked with no
-    // terminal at all); now it says what it needs.
-    let (out, _) = run_with_deadline(
-        Command::new(HOLDEN).args(["top", "--control-socket"]).arg(&up.socket),
-        scaled(Duration::from_secs(5)),
-    );
-    let out = out.expect("holden top without a terminal ends at once");
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("needs a terminal"), "{}", stderr(&out));
-    // Before: `println!` to a reader that is gone panicked (exit 101, or 134 with abort).
-    for args in [&["check", "--json", "-c"][..], &["reload", "--control-socket"][..]] {
-        let (reader, writer) = std::io::pipe().unwrap();
-        drop(reader);
-        let target = if args[0] == "check" { &up.config } else { &up.socket };
-        let out = run_short(Command::new(HOLDEN).args(args).arg(target).stdout(writer));
-        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+fn help_completions_man_page_and_typos() {
+    let run = |args: &[&str]| Command::new(HOLDEN).args(args).output().unwrap();
+    let help = run(&["--help"]);
+    let text = String::from_utf8_lossy(&help.stdout);
+    for cmd in [
+        "demo",
+        "up",
+        "status",
+        "top",
+        "start",
+        "stop",
+        "restart",
+        "kill",
+        "logs",
+        "events",
+        "reload",
+        "check",
+        "exec",
+        "ping",
+        "info",
+        "agent",
+        "completions",
+    ] {
+        assert!(text.contains(&format!("  {cmd} ")), "holden --help lists {cmd}:\n{text}");
     }
-    up.stop(&dir, &[]);
+    for shell in ["bash", "zsh", "fish"] {
+        let out = run(&["completions", shell]);
+        let script = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && script.contains("holden") && script.contains("status"), "{shell}");
+    }
+    let man = run(&["man"]);
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(page.starts_with(".ie") && page.contains(".TH holden 1") && page.contains("status"), "{page}");
+    // A page for each command, with its options.
+    let list = String::from_utf8_lossy(&run(&["man", "--list"]).stdout).into_owned();
+    assert!(list.lines().any(|l| l == "holden-logs") && list.lines().any(|l| l == "holden-status"), "{list}");
+    for page in ["logs", "holden-logs"] {
+        let man = run(&["man", page]);
+        let text = String::from_utf8_lossy(&man.stdout);
+        assert!(text.contains(".TH holden-logs 1") && text.contains("since"), "{text}");
+    }
+    let out = run(&["man", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no page holden-nosuch"));
+    // A typo: a usage error (2) that suggests what was meant.
+    let out = run(&["stauts"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("'status'"));
+    let out = run(&["logs", "--folow"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--follow"));
+    // The agent keeps its own small parser.
+    let out = run(&["agent", "--help"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("--socket"));
 }

@@ -101,3 +101,35 @@ depends_on = {{ db = "completed" }}
     assert_eq!(up.service("after")["state"], "starting", "{}", up.output());
     up.stop(&dir, &[]);
 }
+
+#[test]
+fn regression_a_restart_does_not_run_a_oneshot_again_for_a_dependency_already_up() {
+    // Before the fix of the fix: a dependency that exited 0 was started again for any
+    // dependent in the start's closure, also one already running (db here), so `init` ran
+    // again at every restart of app.
+    let dir = Dir::new("dep-oneshot-chain");
+    let up = Up::start(
+        &dir,
+        r#"
+[services.init]
+command = ["true"]
+
+[services.db]
+command = ["sleep", "1037"]
+depends_on = ["init"]
+
+[services.app]
+command = ["sleep", "1038"]
+depends_on = { db = "ready" }
+"#,
+    );
+    up.wait_state("app", "running");
+    up.wait_state("init", "exited");
+    let runs = events(&up.output(), "init: running").len();
+    assert!(up.cli(&["restart", "app"]).status.success());
+    up.wait_for("app", "restarted", |s| s["state"] == "running" && s["restarts"] == 1);
+    std::thread::sleep(scaled(Duration::from_millis(200)));
+    assert_eq!(events(&up.output(), "init: running").len(), runs, "{}", up.output());
+    assert_eq!(up.service("init")["state"], "exited");
+    up.stop(&dir, &[]);
+}

@@ -28,7 +28,7 @@ use toml::Spanned;
 use crate::constraints::RawConstraints;
 pub use crate::constraints::{CgroupLimit, Constraints};
 pub use crate::readiness::{Condition, Dependency, Health, Probe, ReadyWhen};
-pub use env::{interpolate, original_offset, read_env_file};
+pub use env::{interpolate, original_offset, read_env_file, Anchor};
 use file::error_at;
 pub use file::{control_socket_of, load};
 
@@ -336,7 +336,7 @@ pub(crate) fn parse_from(
     file: &Path,
     text: &str,
     original: &str,
-    anchors: &[(usize, usize)],
+    anchors: &[env::Anchor],
 ) -> Result<Config, ConfigError> {
     let at = |span: Range<usize>, message: String| {
         error_at(file, original, env::original_offset(anchors, span.start), message)

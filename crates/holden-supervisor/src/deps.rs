@@ -188,20 +188,27 @@ impl Supervisor {
     }
 
     /// What a start of `names` starts: them, and what they depend on that is not up, except a
-    /// dependency that has completed and that what is started waits for with `completed` only
-    /// (a oneshot such as a migration is not run again; a daemon that exited 0 is started
-    /// again for what needs it started or ready).
+    /// dependency that has completed (a oneshot, a migration: not run again) unless something
+    /// that comes up by this start needs it `started` or `ready` (a daemon that exited 0).
     pub(crate) fn to_start(&self, names: &[String]) -> Vec<String> {
         let all = self.with_dependencies(names);
-        let needs_it_up = |dep: &str| {
-            all.iter()
-                .filter_map(|n| self.services.get(n))
-                .any(|s| s.cfg.dependencies.iter().any(|(d, t)| d == dep && t.condition != Condition::Completed))
-        };
-        all.iter()
-            .filter(|n| names.contains(n) || !self.holds(n, Condition::Completed) || needs_it_up(n))
-            .cloned()
-            .collect()
+        // Dependents before their dependencies: what comes up is known before what it needs.
+        let mut coming: Vec<&str> = Vec::new();
+        let mut started = vec![false; all.len()];
+        for (i, n) in all.iter().enumerate().rev() {
+            let needed = coming
+                .iter()
+                .filter_map(|d| self.services.get(*d))
+                .any(|d| d.cfg.dependencies.get(n).is_some_and(|t| t.condition != Condition::Completed));
+            started[i] = names.contains(n) || needed || !self.holds(n, Condition::Completed);
+            let up = self.services.get(n).is_some_and(|s| {
+                s.m.wanted == Wanted::Up && matches!(s.m.state, State::Running | State::Starting | State::BackingOff)
+            });
+            if started[i] && (names.contains(n) || !up) {
+                coming.push(n);
+            }
+        }
+        all.iter().zip(started).filter(|(_, s)| *s).map(|(n, _)| n.clone()).collect()
     }
 
     /// `names` and everything that depends on them (transitively), in stop order.

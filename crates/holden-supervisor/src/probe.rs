@@ -66,7 +66,7 @@ pub(crate) fn start(
     std::thread::Builder::new().name("holden-probe".into()).stack_size(256 * 1024).spawn(move || {
         let deadline = Instant::now() + job.timeout;
         let result = match &job.probe {
-            Probe::Exec(argv) => exec(&job, argv, deadline, &pids),
+            Probe::Exec(argv) => exec(&job, argv, deadline, &pids, &wake),
             Probe::Tcp(addr) => in_netns(&job, || connect(*addr, deadline).map(drop)).map_err(Miss::Failed),
             Probe::Http { addr, host, path } => {
                 in_netns(&job, || http(*addr, host, path, deadline)).map_err(Miss::Failed)
@@ -126,7 +126,13 @@ fn http(addr: SocketAddr, host: &str, path: &str, deadline: Instant) -> Result<(
     }
 }
 
-fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Result<(), Miss> {
+fn exec(
+    job: &Job,
+    argv: &[String],
+    deadline: Instant,
+    pids: &ProbePids,
+    wake: &std::io::PipeWriter,
+) -> Result<(), Miss> {
     let mut cmd = holden::Command::new(&argv[0]);
     cmd.args(&argv[1..]).stdin(holden::Stdio::null()).stdout(holden::Stdio::null()).stderr(holden::Stdio::null());
     // A group of its own: at the timeout, what it started (sh -c 'curl ...') goes with it.
@@ -161,9 +167,14 @@ fn exec(job: &Job, argv: &[String], deadline: Instant, pids: &ProbePids) -> Resu
             // Held while spawning, so that the loop's reaper cannot take the child first (the
             // reaper only tries the lock: a spawn that hangs never holds the loop up).
             let mut held = pids.lock().unwrap_or_else(|e| e.into_inner());
-            let child = cmd.spawn().map_err(|e| Miss::Failed(format!("probe: {e}")))?;
-            held.insert(child.pid().unwrap_or(0));
-            child
+            let spawned = cmd.spawn();
+            if let Ok(child) = &spawned {
+                held.insert(child.pid().unwrap_or(0));
+            }
+            drop(held);
+            // The reaper may have met a child while the lock was held: it tries again now.
+            let _ = holden_sys::event::write_now(wake.as_fd(), b"s");
+            spawned.map_err(|e| Miss::Failed(format!("probe: {e}")))?
         }
     };
     let forget = |child: &holden::Child| {

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// Where replacements ended: `(offset in the interpolated text, offset in the original)`.
-pub type Anchors = Vec<(usize, usize)>;
+/// One replacement: `(start, end)` in the interpolated text and `(start, end)` in the original.
+pub type Anchor = ((usize, usize), (usize, usize));
 
 /// Replaces `${VAR}` and `${VAR:-default}` inside the TOML strings of `text` (not in keys
 /// outside quotes, nor in comments) with `lookup(VAR)`; `$${` is a literal `${`. An unset
@@ -15,7 +15,10 @@ pub type Anchors = Vec<(usize, usize)>;
 ///
 /// Returns the text and, for error positions, the anchors `(offset in the result, offset in
 /// `text`)` where a replacement ended: see [`original_offset`].
-pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<(String, Anchors), (usize, String)> {
+pub fn interpolate(
+    text: &str,
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<(String, Vec<Anchor>), (usize, String)> {
     #[derive(PartialEq, Clone, Copy)]
     enum In {
         Code,
@@ -34,21 +37,22 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
         let rest = &text[i..];
         let in_string = matches!(state, In::Basic | In::Literal | In::MultiBasic | In::MultiLiteral);
         if in_string && rest.starts_with("$${") {
+            let from = (out.len(), i);
             out.push_str("${");
             i += 3;
-            anchors.push((out.len(), i));
+            anchors.push(((from.0, out.len()), (from.1, i)));
             continue;
         }
         if in_string && rest.starts_with("${") {
             // The reference ends at the first `}`, before anything that would end the string
             // or the line, or open another reference.
-            let end = match rest[2..].find(['}', '"', '\'', '\\', '\n', '$', '{']) {
+            let end = match rest[2..].find(['}', '"', '\'', '\\', '\n']) {
                 Some(k) if rest.as_bytes()[2 + k] == b'}' => 2 + k,
-                Some(k) if matches!(rest.as_bytes()[2 + k], b'$' | b'{') => {
-                    return Err((i, "${...} cannot hold $ or { (no nesting; write $${ for a literal ${)".into()))
-                }
                 _ => return Err((i, "${ without its closing } in the same string".into())),
             };
+            if rest[2..end].contains("${") {
+                return Err((i, "${...} does not nest (write $${ for a literal ${)".into()));
+            }
             let inner = &rest[2..end];
             let (name, default) = match inner.split_once(":-") {
                 Some((n, d)) => (n, Some(d)),
@@ -67,9 +71,10 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
             if value.chars().any(|c| c == '"' || c == '\'' || c == '\\' || c.is_control()) {
                 return Err((i, format!("${{{name}}}: its value holds a quote, a backslash or a control character")));
             }
+            let from = out.len();
             out.push_str(&value);
+            anchors.push(((from, out.len()), (i, i + end + 1)));
             i += end + 1;
-            anchors.push((out.len(), i));
             continue;
         }
         // A multi-line string may end in up to two quotes of its own before its closing three.
@@ -101,21 +106,25 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Resul
 }
 
 /// Where offset `at` of an interpolated text was in the original, given the anchors
-/// [`interpolate`] returned (inside a replaced value: that far into the reference, at most).
-pub fn original_offset(anchors: &[(usize, usize)], at: usize) -> usize {
-    match anchors.partition_point(|&(out, _)| out <= at) {
+/// [`interpolate`] returned: inside a replaced value, at the start of its reference.
+pub fn original_offset(anchors: &[Anchor], at: usize) -> usize {
+    match anchors.partition_point(|&((start, _), _)| start <= at) {
         0 => at,
         k => {
-            let (out, orig) = anchors[k - 1];
-            orig + (at - out)
+            let ((_, out_end), (in_start, in_end)) = anchors[k - 1];
+            if at < out_end {
+                in_start
+            } else {
+                in_end + (at - out_end)
+            }
         }
     }
 }
 
 /// Reads an env file: `KEY=VALUE` lines (an optional `export ` before), `#` comments and blank
-/// lines. A value may be quoted: `"..."` takes the escapes `\"`, `\\`, `\$` and `\n`,
-/// `'...'` none; a comment may follow the closing quote. An unquoted value ends before ` #`.
-/// Errors name the line.
+/// lines. A value may be quoted: `"..."` takes the escapes `\"`, `\\`, `\$` and `\n` (any
+/// other backslash stays), `'...'` none; a comment may follow the closing quote. An unquoted
+/// value is taken as written. Errors name the line.
 pub fn read_env_file(path: &Path) -> Result<BTreeMap<String, String>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("env_file {}: {e}", path.display()))?;
     let mut out = BTreeMap::new();
@@ -153,11 +162,14 @@ fn env_value(v: &str) -> Result<String, String> {
                         end = Some(i + 1);
                         break;
                     }
+                    // As in a shell's double quotes: \" \\ \$ (and \n) are escapes; any other
+                    // backslash stays as written (a pattern's \d stays \d).
                     '\\' if q == '"' => match chars.next() {
                         Some((_, 'n')) => value.push('\n'),
                         Some((_, e @ ('"' | '\\' | '$'))) => value.push(e),
                         Some((_, e)) => {
-                            return Err(format!("unknown escape \\{e} (\\\", \\\\, \\$ and \\n are known)"))
+                            value.push('\\');
+                            value.push(e);
                         }
                         None => break,
                     },
@@ -167,10 +179,8 @@ fn env_value(v: &str) -> Result<String, String> {
             let end = end.ok_or_else(|| format!("the value's {q} is not closed"))?;
             (value, v[end..].trim_start())
         }
-        _ => match v.find(" #").or_else(|| v.find("\t#")) {
-            Some(k) => (v[..k].trim_end().to_owned(), ""),
-            None => (v.to_owned(), ""),
-        },
+        // Unquoted: as written (a # in it is part of it).
+        _ => (v.to_owned(), ""),
     };
     if !after.is_empty() && !after.starts_with('#') {
         return Err(format!("text after the closing quote: {after:?}"));
@@ -209,7 +219,10 @@ mod tests {
         // } lines later.
         let (at, msg) = interpolate("a = \"${HOME:-${USER}}\"\n", env).unwrap_err();
         assert_eq!(at, 5);
-        assert!(msg.contains("no nesting"), "{msg}");
+        assert!(msg.contains("does not nest"), "{msg}");
+        // A default may hold $ and { of its own.
+        let (got, _) = interpolate("a = \"${NOPE:-pa$word{}\"\n", env).unwrap();
+        assert_eq!(got, "a = \"pa$word{\"\n");
         let (_, msg) = interpolate("a = \"${HOME:-/root\"\nb = { c = \"1\" }\n", env).unwrap_err();
         assert!(msg.contains("closing }"), "{msg}");
         // Before: a multi-line string ending in a quote of its own (""""), and the strings
@@ -228,6 +241,8 @@ mod tests {
         let b = got.find("b =").unwrap();
         assert_eq!(original_offset(&anchors, b), text.find("b =").unwrap());
         assert_eq!(original_offset(&anchors, 2), 2);
+        // Inside the value: the reference's start.
+        assert_eq!(original_offset(&anchors, got.find("long").unwrap()), text.find("${X}").unwrap());
     }
 
     #[test]
@@ -240,17 +255,21 @@ mod tests {
             read_env_file(&f)
         };
         let got = read(
-            "A=\"a\" # note\nB='b c' \nC=\"say \\\"hi\\\" \\$HOME\\n\"\nD=plain # comment\nE=x#y\nexport F=\"\"\r\n",
+            "A=\"a\" # note\nB='b c' \nC=\"say \\\"hi\\\" \\$HOME\\n\"\nD=plain # kept\nE=x#y\nexport F=\"\"\r\nG=\"^\\d+$\"\n",
         )
         .unwrap();
-        let want = [("A", "a"), ("B", "b c"), ("C", "say \"hi\" $HOME\n"), ("D", "plain"), ("E", "x#y"), ("F", "")];
+        let want = [
+            ("A", "a"),
+            ("B", "b c"),
+            ("C", "say \"hi\" $HOME\n"),
+            ("D", "plain # kept"),
+            ("E", "x#y"),
+            ("F", ""),
+            ("G", "^\\d+$"),
+        ];
         assert_eq!(got, want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
         // Before: each was kept with its quotes, silently.
-        for (bad, why) in [
-            ("A=\"abc\n", "not closed"),
-            ("A=\"a\" \"b\"\n", "after the closing quote"),
-            ("A=\"a\\q\"\n", "unknown escape"),
-        ] {
+        for (bad, why) in [("A=\"abc\n", "not closed"), ("A=\"a\" \"b\"\n", "after the closing quote")] {
             let e = read(bad).unwrap_err();
             assert!(e.contains(":1: ") && e.contains(why), "{bad:?}: {e}");
         }
