@@ -163,7 +163,8 @@ impl Supervisor {
                     Err(std::sync::TryLockError::Poisoned(p)) if p.get_ref().contains(&pid) => {}
                     // A probe's thread holds the lock while it spawns, until its child has
                     // exec'd, which a hung file system can make last: this may be that child.
-                    // Never waited for here; tried again when a probe answers.
+                    // Never waited for here; tried again once the spawn is done (the probe
+                    // wakes the loop).
                     Err(std::sync::TryLockError::WouldBlock) => self.reap_after_probes = true,
                     _ => {
                         let _ = process::reap_pid(pid);

@@ -98,9 +98,7 @@ pub(super) fn run(a: &Args) -> Result<ExitCode, Failure> {
         }
     }
     if followed.is_empty() && a.follow {
-        return Err(Failure::Broken(
-            "holden logs -f: no service captures its output, so there is nothing to follow".into(),
-        ));
+        return Err(Failure::Broken("-f: no service captures its output, so there is nothing to follow".into()));
     }
     if let Some(since) = &a.since {
         merged.retain(|(l, ..)| l.as_str() >= since.as_str());
